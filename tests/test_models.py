@@ -1,0 +1,196 @@
+"""Model zoo: the forward contract for every registered model, parameter counts, checkpoint loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from trainables.models import (
+    CheckpointMismatchError,
+    ZooModel,
+    create,
+    is_imagenet_model,
+    list_models,
+    load_checkpoint,
+)
+
+torch.set_num_threads(2)
+
+# Published parameter counts (millions, 100 classes) from the CRD/RepDistiller tables.
+PARAM_COUNTS_M = {
+    "resnet32x4": 7.43,
+    "resnet8x4": 1.23,
+    "resnet56": 0.86,
+    "resnet20": 0.28,
+    "resnet110": 1.74,
+    "resnet32": 0.47,
+}
+
+# Key names and shapes of the reference (RepDistiller / mdistiller) definitions, 100 classes.
+REFERENCE_KEYS = {
+    "resnet8x4": {
+        "conv1.weight": (32, 3, 3, 3),
+        "bn1.running_mean": (32,),
+        "layer1.0.conv1.weight": (64, 32, 3, 3),
+        "layer1.0.downsample.0.weight": (64, 32, 1, 1),
+        "layer1.0.downsample.1.num_batches_tracked": (),
+        "layer3.0.bn2.weight": (256,),
+        "fc.weight": (100, 256),
+        "fc.bias": (100,),
+    },
+    "resnet56": {
+        "conv1.weight": (16, 3, 3, 3),
+        "layer1.8.conv2.weight": (16, 16, 3, 3),
+        "layer2.0.downsample.0.weight": (32, 16, 1, 1),
+        "layer3.8.bn2.running_var": (64,),
+        "fc.weight": (100, 64),
+    },
+}
+
+
+def _input_size(name: str) -> int:
+    return 64 if is_imagenet_model(name) else 32
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, ZooModel]:
+    torch.manual_seed(0)
+    return {name: create(name).eval() for name in list_models()}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_contract(models: dict[str, ZooModel], name: str) -> None:
+    model = models[name]
+    size = _input_size(name)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        logits = model(x)
+        feats = model.forward_features(x)
+        stages = model.forward_stages(x)
+        head = model.forward_head(feats)
+    assert logits.shape == (2, 100)
+    assert feats.ndim == 4 and feats.shape[1] == model.feature_channels
+    torch.testing.assert_close(head, logits, rtol=0, atol=0)
+    assert len(stages) >= 3 and all(s.ndim == 4 for s in stages)
+    torch.testing.assert_close(stages[-1], feats, rtol=0, atol=0)
+    classifier = model.get_classifier()
+    assert isinstance(classifier, nn.Linear)
+    assert classifier.in_features == model.feature_channels
+    assert classifier.out_features == 100
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_backward_through_every_stage(name: str) -> None:
+    """In-place ops must not break autograd when intermediate stages are also returned."""
+    model = create(name, num_classes=10).train()
+    size = _input_size(name)
+    stages = model.forward_stages(torch.randn(2, 3, size, size))
+    loss = model.forward_head(stages[-1]).sum() + sum(s.mean() for s in stages[:-1])
+    loss.backward()
+    assert model.get_classifier().weight.grad is not None
+
+
+@pytest.mark.parametrize("name,expected", sorted(PARAM_COUNTS_M.items()))
+def test_parameter_count(models: dict[str, ZooModel], name: str, expected: float) -> None:
+    count = sum(p.numel() for p in models[name].parameters())
+    assert round(count / 1e6, 2) == expected, count
+
+
+@pytest.mark.parametrize("name", ["resnet8x4", "resnet20"])
+@pytest.mark.parametrize("size", [40, 64])
+def test_non_32_input(models: dict[str, ZooModel], name: str, size: int) -> None:
+    with torch.no_grad():
+        assert models[name](torch.randn(1, 3, size, size)).shape == (1, 100)
+
+
+def test_num_classes_is_honoured() -> None:
+    assert create("resnet8", num_classes=7).get_classifier().out_features == 7
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_KEYS))
+def test_reference_key_names(models: dict[str, ZooModel], name: str) -> None:
+    state = models[name].state_dict()
+    for key, shape in REFERENCE_KEYS[name].items():
+        assert key in state, key
+        assert tuple(state[key].shape) == shape, key
+
+
+def _fresh_copy(name: str) -> ZooModel:
+    torch.manual_seed(1)
+    return create(name).eval()
+
+
+@pytest.mark.parametrize("layout", ["wrapped", "raw", "dataparallel", "state_dict"])
+def test_strict_load_roundtrip(models: dict[str, ZooModel], tmp_path, layout: str) -> None:
+    source = models["resnet8x4"]
+    state = source.state_dict()
+    payload = {
+        "wrapped": {"model": state, "epoch": 240, "best_acc": torch.tensor(73.1)},
+        "raw": state,
+        "dataparallel": {"model": {f"module.{k}": v for k, v in state.items()}},
+        "state_dict": {"state_dict": state, "epoch": 3},
+    }[layout]
+    path = tmp_path / "ckpt.pth"
+    torch.save(payload, path)
+    target = _fresh_copy("resnet8x4")
+    meta = load_checkpoint(target, path, strict=True)
+    expected_meta = {k: v for k, v in payload.items() if k not in ("model", "state_dict")} \
+        if layout != "raw" else {}
+    assert set(meta) == set(expected_meta)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), source(x))
+
+
+def test_load_without_bn_counters(models: dict[str, ZooModel], tmp_path) -> None:
+    """Checkpoints from old PyTorch versions carry no ``num_batches_tracked`` buffers."""
+    state = {k: v for k, v in models["resnet20"].state_dict().items() if "num_batches_tracked" not in k}
+    torch.save({"model": state}, tmp_path / "old.pth")
+    load_checkpoint(_fresh_copy("resnet20"), tmp_path / "old.pth")
+
+
+def test_renamed_key_names_both_sides(models: dict[str, ZooModel], tmp_path) -> None:
+    state = dict(models["resnet8x4"].state_dict())
+    state["classifier.weight"] = state.pop("fc.weight")
+    torch.save({"model": state}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_checkpoint(_fresh_copy("resnet8x4"), tmp_path / "bad.pth")
+    message = str(err.value)
+    assert "missing keys" in message and "fc.weight" in message
+    assert "unexpected keys" in message and "classifier.weight" in message
+
+
+def test_shape_mismatch_is_named(models: dict[str, ZooModel], tmp_path) -> None:
+    torch.save({"model": models["resnet8x4"].state_dict()}, tmp_path / "ckpt.pth")
+    expected = r"fc\.weight: checkpoint \(100, 256\) vs model \(10, 256\)"
+    with pytest.raises(CheckpointMismatchError, match=expected):
+        load_checkpoint(create("resnet8x4", num_classes=10), tmp_path / "ckpt.pth")
+
+
+def test_non_strict_ignores_extra_keys(models: dict[str, ZooModel], tmp_path) -> None:
+    state = dict(models["resnet8"].state_dict())
+    state["extra.weight"] = torch.zeros(3)
+    torch.save(state, tmp_path / "extra.pth")
+    load_checkpoint(_fresh_copy("resnet8"), tmp_path / "extra.pth", strict=False)
+
+
+def test_missing_file_names_path(tmp_path) -> None:
+    path = tmp_path / "nowhere" / "ckpt_epoch_240.pth"
+    with pytest.raises(FileNotFoundError, match="ckpt_epoch_240.pth"):
+        load_checkpoint(create("resnet8"), path)
+
+
+def test_unknown_name_lists_valid_names() -> None:
+    with pytest.raises(ValueError) as err:
+        create("resnet9000")
+    message = str(err.value)
+    assert "resnet9000" in message
+    assert ", ".join(list_models()) in message
+
+
+def test_registry_is_sorted_and_complete() -> None:
+    names = list_models()
+    assert names == sorted(names)
+    assert {"resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+            "resnet8x4", "resnet32x4"} <= set(names)

@@ -1,0 +1,19 @@
+"""Model zoo: every architecture behind one registry and one forward contract (see ``base.ZooModel``).
+
+Importing the architecture modules below fills the registry as a side effect.
+"""
+
+from . import cifar_resnet  # noqa: F401  (registers models)
+from .base import ZooModel
+from .checkpoint import CheckpointMismatchError, load_checkpoint
+from .registry import create, is_imagenet_model, list_models, register_model
+
+__all__ = [
+    "CheckpointMismatchError",
+    "ZooModel",
+    "create",
+    "is_imagenet_model",
+    "list_models",
+    "load_checkpoint",
+    "register_model",
+]
