@@ -25,6 +25,8 @@ PARAM_COUNTS_M = {
     "resnet20": 0.28,
     "resnet110": 1.74,
     "resnet32": 0.47,
+    "wrn_40_2": 2.26,
+    "wrn_40_1": 0.57,
 }
 
 # Key names and shapes of the reference (RepDistiller / mdistiller) definitions, 100 classes.
@@ -45,6 +47,15 @@ REFERENCE_KEYS = {
         "layer2.0.downsample.0.weight": (32, 16, 1, 1),
         "layer3.8.bn2.running_var": (64,),
         "fc.weight": (100, 64),
+    },
+    "wrn_40_2": {
+        "conv1.weight": (16, 3, 3, 3),
+        "block1.layer.0.bn1.weight": (16,),
+        "block1.layer.0.conv1.weight": (32, 16, 3, 3),
+        "block1.layer.0.convShortcut.weight": (32, 16, 1, 1),
+        "block3.layer.5.conv2.weight": (128, 128, 3, 3),
+        "bn1.running_var": (128,),
+        "fc.weight": (100, 128),
     },
 }
 
@@ -97,7 +108,7 @@ def test_parameter_count(models: dict[str, ZooModel], name: str, expected: float
     assert round(count / 1e6, 2) == expected, count
 
 
-@pytest.mark.parametrize("name", ["resnet8x4", "resnet20"])
+@pytest.mark.parametrize("name", ["resnet8x4", "resnet20", "wrn_16_2"])
 @pytest.mark.parametrize("size", [40, 64])
 def test_non_32_input(models: dict[str, ZooModel], name: str, size: int) -> None:
     with torch.no_grad():
