@@ -1,0 +1,111 @@
+"""The trial config: one flat dict of keys with defaults, validated before any work starts.
+
+A flat dict (``{"method": "kd", "temperature": 4.0, ...}``) is what Ray Tune's ``param_space`` and
+Optuna's suggestions produce and what ``params.json`` stores, so tables can group by any key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .data import DATA_KEYS, list_datasets
+from .errors import ConfigError, did_you_mean, unknown_choice
+
+LOOP_DEFAULTS: dict[str, Any] = {
+    "method": "ce",
+    "seed": 0,
+    "student": "resnet8",
+    "teacher": None,
+    "teacher_checkpoint": None,
+    "teacher_budget": None,
+    "epochs": 240,
+    "batch_size": 64,
+    "lr": None,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "lr_milestones": None,
+    "lr_decay": 0.1,
+    "augment": True,
+    "eval_batch_size": 256,
+    "eval_test_every": 0,
+    "checkpoint_every": 1,
+    "device": "auto",
+    "amp": "auto",
+    "channels_last": "auto",
+    "compile": False,
+    "gpu_memory_fraction": None,
+}
+"""Keys of the shared loop (see README "Config keys"); data keys live in ``trainables.data.DATA_KEYS``."""
+
+SMALL_LR_ARCHS = frozenset({"ShuffleV1", "ShuffleV2", "MobileNetV2", "mobilenetv1"})
+"""Students the CIFAR recipe trains with lr 0.01 instead of 0.05 (RepDistiller/mdistiller recipe)."""
+
+PAPER_MILESTONES = (150, 180, 210)
+PAPER_EPOCHS = 240
+
+
+def default_lr(student: str) -> float:
+    return 0.01 if student in SMALL_LR_ARCHS else 0.05
+
+
+def scaled_milestones(epochs: int) -> list[int]:
+    """The paper's 150/180/210-of-240 decay points scaled to ``epochs`` (kept distinct and >= 1)."""
+    out: list[int] = []
+    for m in PAPER_MILESTONES:
+        step = max(1, round(m * epochs / PAPER_EPOCHS))
+        if step < epochs and step not in out:
+            out.append(step)
+    return out
+
+
+def allowed_keys(method_defaults: Mapping[str, Any]) -> set[str]:
+    return set(LOOP_DEFAULTS) | set(DATA_KEYS) | set(method_defaults)
+
+
+def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill defaults (loop, data, method) and check every key and the values the loop relies on.
+
+    Raises ``ConfigError`` with one line naming the key, the value and what is allowed.
+    """
+    from . import models
+    from .methods import get_method
+
+    method_name = cfg.get("method", LOOP_DEFAULTS["method"])
+    method = get_method(method_name)
+    known = allowed_keys(method.defaults)
+    for key in cfg:
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key '{key}' for method '{method_name}'{did_you_mean(key, known)}; "
+                f"allowed: {', '.join(sorted(known))}"
+            )
+    out: dict[str, Any] = {**LOOP_DEFAULTS, **DATA_KEYS, **method.defaults, **cfg}
+    if out["dataset"] not in list_datasets():
+        raise unknown_choice("dataset", out["dataset"], list_datasets())
+    arch_keys = [method.model_key] + (["teacher"] if method.needs_teacher else [])
+    for key in dict.fromkeys(arch_keys):
+        arch = out.get(key)
+        if arch is None:
+            raise ConfigError(f"method '{method_name}' needs '{key}' (an architecture: {', '.join(models.list_models())})")
+        if arch not in models.list_models():
+            raise unknown_choice(f"{key} architecture", arch, models.list_models())
+    if method.needs_teacher and not out.get("teacher_checkpoint"):
+        raise ConfigError(f"method '{method_name}' needs teacher_checkpoint (a file with the trained teacher)")
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {out[key]!r}")
+    if out["lr"] is None:
+        out["lr"] = default_lr(out[method.model_key])
+    if out["lr_milestones"] is None:
+        out["lr_milestones"] = scaled_milestones(out["epochs"])
+    if float(out["lr"]) <= 0:
+        raise ConfigError(f"lr must be > 0, got {out['lr']}")
+    if float(out["weight_decay"]) < 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {out['weight_decay']}")
+    for key, allowed in (("amp", ("auto", "bf16", "off")), ("channels_last", ("auto", True, False))):
+        if out[key] not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got '{out[key]}'")
+    method.validate_config(out)
+    return out

@@ -1,0 +1,472 @@
+"""Data sets, seeded splits and batching.
+
+Two paths feed the loop through one interface (``Split.batches``):
+
+* ``TensorSplit`` holds a whole split as one uint8 tensor on the trial's device and augments on that
+  device in batches (random crop with zero padding, horizontal flip, normalisation). CIFAR, digits and
+  synthetic data use it: no worker processes, no PIL, and a seeded order that makes resume exact.
+* ``LoaderSplit`` wraps a torch ``DataLoader`` for data that does not fit in memory (ImageNet folders).
+
+Splits: ``train`` / ``val`` / ``test``. ``val`` is carved from the official training set with
+``split_seed`` (default 0, the same for every trial of a study, so all trials select on the same images);
+``test`` is the official test set and is touched once per trial, at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, DataRootError, unknown_choice
+
+CIFAR_MEAN = {
+    "cifar100": (0.5071, 0.4865, 0.4409),
+    "cifar10": (0.4914, 0.4822, 0.4465),
+}
+CIFAR_STD = {
+    "cifar100": (0.2673, 0.2564, 0.2762),
+    "cifar10": (0.2470, 0.2435, 0.2616),
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Batch:
+    """One training or evaluation batch: images, labels and their indices in the split."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+
+
+class Split:
+    """A split the loop can iterate: ``batches(...)`` yields normalised ``Batch`` objects."""
+
+    num_examples: int
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        augment: bool,
+        generator: torch.Generator | None = None,
+        drop_last_single: bool = True,
+    ) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+
+def random_crop_flip(
+    images: torch.Tensor, padding: int, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw per-image crop offsets in [0, 2*padding] and flip flags, as torchvision's RandomCrop+Flip do.
+
+    Returns (offset_y, offset_x, flip) on the images' device. Drawn on the CPU generator so that a
+    seed gives the same augmentation whatever device the trial runs on.
+    """
+    n = images.shape[0]
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    return offsets[0].to(images.device), offsets[1].to(images.device), flips.to(images.device)
+
+
+def apply_crop_flip(
+    images: torch.Tensor, padding: int, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor
+) -> torch.Tensor:
+    """Zero-pad by ``padding`` and crop each image at its own offset, then flip the chosen ones.
+
+    Works on any dtype; one gather for the whole batch instead of a Python loop per image.
+    """
+    n, c, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    rows = oy[:, None] + torch.arange(h, device=images.device)[None, :]
+    cols = ox[:, None] + torch.arange(w, device=images.device)[None, :]
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch_idx = torch.arange(n, device=images.device)[:, None, None, None]
+    chan_idx = torch.arange(c, device=images.device)[None, :, None, None]
+    return padded[batch_idx, chan_idx, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class TensorSplit(Split):
+    """A split held as uint8 images (N, C, H, W) and int64 labels, augmented on their device."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        crop_padding: int = 4,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"TensorSplit wants uint8 (N, C, H, W) images, got {images.dtype} {tuple(images.shape)}")
+        self.images = images
+        self.labels = labels.long()
+        self.num_examples = int(images.shape[0])
+        self.crop_padding = crop_padding
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.memory_format = torch.contiguous_format
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device: torch.device | str) -> TensorSplit:
+        """Move the whole split to ``device`` once; batches are then cut and augmented there."""
+        self.images = self.images.to(device)
+        self.labels = self.labels.to(device)
+        self._mean = self._mean.to(device)
+        self._std = self._std.to(device)
+        return self
+
+    def subset(self, indices: torch.Tensor) -> TensorSplit:
+        indices = indices.to(self.images.device)
+        out = TensorSplit(self.images[indices], self.labels[indices], (0,), (1,), self.crop_padding)
+        out._mean, out._std, out.memory_format = self._mean, self._std, self.memory_format
+        return out
+
+    def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        x = images_uint8.float().div_(255.0)
+        x = (x - self._mean) / self._std
+        return x.contiguous(memory_format=self.memory_format)
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        augment: bool,
+        generator: torch.Generator | None = None,
+        drop_last_single: bool = True,
+    ) -> Iterator[Batch]:
+        n = self.num_examples
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = order.to(self.images.device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            if drop_last_single and shuffle and idx.numel() == 1 and n > 1:
+                break  # BatchNorm cannot train on a single example
+            imgs = self.images[idx]
+            if augment:
+                oy, ox, flip = random_crop_flip(imgs, self.crop_padding, generator)
+                imgs = apply_crop_flip(imgs, self.crop_padding, oy, ox, flip)
+            yield Batch(self.normalize(imgs), self.labels[idx], idx)
+
+
+class _IndexedDataset(torch.utils.data.Dataset):
+    """Return (image, label, index) so cached teacher outputs can be looked up per example."""
+
+    def __init__(self, base: Any, indices: list[int] | None = None) -> None:
+        self.base = base
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices) if self.indices is not None else len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[Any, int, int]:
+        j = self.indices[i] if self.indices is not None else i
+        x, y = self.base[j]
+        return x, y, i
+
+
+class LoaderSplit(Split):
+    """A folder-backed split read through a DataLoader (for data sets too big to hold in memory)."""
+
+    def __init__(
+        self,
+        train_dataset: Any,
+        eval_dataset: Any,
+        indices: list[int] | None,
+        num_workers: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.train_dataset = _IndexedDataset(train_dataset, indices)
+        self.eval_dataset = _IndexedDataset(eval_dataset, indices)
+        self.num_examples = len(self.train_dataset)
+        self.num_workers = num_workers
+        self._device = torch.device(device)
+        self.memory_format = torch.contiguous_format
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def to(self, device: torch.device | str) -> LoaderSplit:
+        self._device = torch.device(device)
+        return self
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        augment: bool,
+        generator: torch.Generator | None = None,
+        drop_last_single: bool = True,
+    ) -> Iterator[Batch]:
+        dataset = self.train_dataset if augment else self.eval_dataset
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            pin_memory=self._device.type == "cuda",
+            persistent_workers=False,
+        )
+        for x, y, idx in loader:
+            if drop_last_single and shuffle and x.shape[0] == 1:
+                break
+            x = x.to(self._device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            yield Batch(x, y.to(self._device, non_blocking=True), idx.to(self._device))
+
+
+@dataclass
+class DataBundle:
+    """Everything the loop needs to know about a data set."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, int, int]
+
+    def to(self, device: torch.device | str) -> DataBundle:
+        for split in (self.train, self.val, self.test):
+            split.to(device)
+        return self
+
+    def set_memory_format(self, memory_format: torch.memory_format) -> None:
+        for split in (self.train, self.val, self.test):
+            split.memory_format = memory_format
+
+
+DATA_KEYS: dict[str, Any] = {
+    "dataset": "digits",
+    "data_root": None,
+    "download": False,
+    "val_fraction": 0.1,
+    "split_seed": 0,
+    "train_subset": None,
+    "num_workers": 4,
+    "synthetic_size": 1024,
+    "synthetic_classes": 100,
+    "synthetic_image_size": 32,
+}
+"""Config keys that choose and shape the data, with their defaults."""
+
+_BUILDERS: dict[str, Callable[[Mapping[str, Any]], DataBundle]] = {}
+
+
+def register_dataset(name: str) -> Callable:
+    """Register a builder ``cfg -> DataBundle`` under ``name``."""
+
+    def wrap(fn: Callable[[Mapping[str, Any]], DataBundle]) -> Callable[[Mapping[str, Any]], DataBundle]:
+        _BUILDERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_datasets() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def build_data(cfg: Mapping[str, Any]) -> DataBundle:
+    """Build the data set named by ``cfg['dataset']`` with its seeded train/val split."""
+    name = cfg.get("dataset", DATA_KEYS["dataset"])
+    if name not in _BUILDERS:
+        raise unknown_choice("dataset", name, _BUILDERS)
+    val_fraction = float(cfg.get("val_fraction", DATA_KEYS["val_fraction"]))
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    return _BUILDERS[name](cfg)
+
+
+def split_indices(
+    n: int, val_fraction: float, seed: int, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, disjoint (train, val) index arrays; stratified by label when labels are given."""
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        perm = rng.permutation(n)
+        n_val = max(1, int(round(n * val_fraction)))
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    train, val = [], []
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        n_val = int(round(len(members) * val_fraction))
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def subset_indices(train_idx: np.ndarray, size: int | None, seed: int) -> np.ndarray:
+    """Keep ``size`` seeded training examples (budgeted settings train on n labelled images)."""
+    if size is None:
+        return train_idx
+    size = int(size)
+    if not 0 < size <= len(train_idx):
+        raise ConfigError(f"train_subset must be in [1, {len(train_idx)}] for this data set, got {size}")
+    rng = np.random.default_rng(seed + 1)
+    return np.sort(rng.choice(train_idx, size=size, replace=False))
+
+
+def _tensor_bundle(
+    name: str,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    cfg: Mapping[str, Any],
+) -> DataBundle:
+    seed = int(cfg.get("split_seed", DATA_KEYS["split_seed"]))
+    val_fraction = float(cfg.get("val_fraction", DATA_KEYS["val_fraction"]))
+    tr, va = split_indices(len(train_labels), val_fraction, seed, train_labels.numpy())
+    tr = subset_indices(tr, cfg.get("train_subset"), seed)
+    tr_t, va_t = torch.from_numpy(tr), torch.from_numpy(va)
+    return DataBundle(
+        name=name,
+        train=TensorSplit(train_images[tr_t], train_labels[tr_t], mean, std),
+        val=TensorSplit(train_images[va_t], train_labels[va_t], mean, std),
+        test=TensorSplit(test_images, test_labels, mean, std),
+        num_classes=num_classes,
+        input_shape=tuple(train_images.shape[1:]),
+    )
+
+
+@register_dataset("digits")
+def _digits(cfg: Mapping[str, Any]) -> DataBundle:
+    """scikit-learn's bundled 8x8 handwritten digits, upsampled to 32x32 RGB: runs offline anywhere.
+
+    The 1797 images are split once, stratified, into 1437 train+val and 360 test images (fixed seed 0,
+    independent of ``split_seed``, so every study reports on the same test images).
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
+    images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1)
+    labels = torch.from_numpy(digits.target).long()
+    rest, test = split_indices(len(labels), 0.2, seed=0, labels=digits.target)
+    rest_t, test_t = torch.from_numpy(rest), torch.from_numpy(test)
+    train_imgs = images[rest_t]
+    mean = tuple(float(v) for v in train_imgs.float().div(255).mean(dim=(0, 2, 3)))
+    std = tuple(float(v) for v in train_imgs.float().div(255).std(dim=(0, 2, 3)))
+    return _tensor_bundle(
+        "digits", train_imgs, labels[rest_t], images[test_t], labels[test_t], 10, mean, std, cfg
+    )
+
+
+@register_dataset("synthetic")
+def _synthetic(cfg: Mapping[str, Any]) -> DataBundle:
+    """Random images and labels of a chosen shape: for benchmarks and tests, not for accuracy."""
+    size = int(cfg.get("synthetic_size", DATA_KEYS["synthetic_size"]))
+    classes = int(cfg.get("synthetic_classes", DATA_KEYS["synthetic_classes"]))
+    side = int(cfg.get("synthetic_image_size", DATA_KEYS["synthetic_image_size"]))
+    g = torch.Generator().manual_seed(1234)
+    n_test = max(classes, size // 5)
+    images = torch.randint(0, 256, (size + n_test, 3, side, side), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, classes, (size + n_test,), generator=g)
+    half = (0.5, 0.5, 0.5)
+    return _tensor_bundle(
+        "synthetic", images[:size], labels[:size], images[size:], labels[size:], classes, half, half, cfg
+    )
+
+
+def _require_root(cfg: Mapping[str, Any], dataset: str, expected: str, how: str) -> Path:
+    root = cfg.get("data_root")
+    if not root:
+        raise DataRootError(f"dataset '{dataset}' needs data_root (a local folder); {how}")
+    path = Path(os.path.expanduser(str(root))).absolute()
+    if not (path / expected).exists() and not cfg.get("download"):
+        raise DataRootError(f"dataset '{dataset}' not found: expected {path / expected}; {how}")
+    return path
+
+
+def _cifar(cfg: Mapping[str, Any], name: str) -> DataBundle:
+    from torchvision import datasets
+
+    cls, folder, classes = {
+        "cifar100": (datasets.CIFAR100, "cifar-100-python", 100),
+        "cifar10": (datasets.CIFAR10, "cifar-10-batches-py", 10),
+    }[name]
+    how = (
+        f"download and extract the python version from https://www.cs.toronto.edu/~kriz/cifar.html "
+        f"into data_root (giving data_root/{folder}), or set download: true on a machine with internet"
+    )
+    root = _require_root(cfg, name, folder, how)
+    download = bool(cfg.get("download", False))
+    train = cls(str(root), train=True, download=download)
+    test = cls(str(root), train=False, download=download)
+
+    def to_tensor(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
+
+    (tri, trl), (tei, tel) = to_tensor(train), to_tensor(test)
+    return _tensor_bundle(name, tri, trl, tei, tel, classes, CIFAR_MEAN[name], CIFAR_STD[name], cfg)
+
+
+@register_dataset("cifar100")
+def _cifar100(cfg: Mapping[str, Any]) -> DataBundle:
+    return _cifar(cfg, "cifar100")
+
+
+@register_dataset("cifar10")
+def _cifar10(cfg: Mapping[str, Any]) -> DataBundle:
+    return _cifar(cfg, "cifar10")
+
+
+@register_dataset("imagenet")
+def _imagenet(cfg: Mapping[str, Any]) -> DataBundle:
+    """ImageNet as ImageFolder ``data_root/train`` and ``data_root/val`` (one folder per class).
+
+    The validation split for selection is carved from ``train``; ``val`` serves as the test split,
+    as is usual for ImageNet.
+    """
+    from torchvision import datasets, transforms
+
+    how = "arrange ILSVRC-2012 as data_root/train/<wnid>/*.JPEG and data_root/val/<wnid>/*.JPEG"
+    root = _require_root(cfg, "imagenet", "train", how)
+    if not (root / "val").exists():
+        raise DataRootError(f"dataset 'imagenet' not found: expected {root / 'val'}; {how}")
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train_tf = transforms.Compose(
+        [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]
+    )
+    eval_tf = transforms.Compose(
+        [transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), normalize]
+    )
+    train_aug = datasets.ImageFolder(str(root / "train"), transform=train_tf)
+    train_eval = datasets.ImageFolder(str(root / "train"), transform=eval_tf)
+    test = datasets.ImageFolder(str(root / "val"), transform=eval_tf)
+    seed = int(cfg.get("split_seed", 0))
+    targets = np.asarray(train_aug.targets)
+    tr, va = split_indices(len(targets), float(cfg.get("val_fraction", 0.1)), seed, targets)
+    tr = subset_indices(tr, cfg.get("train_subset"), seed)
+    workers = int(cfg.get("num_workers", DATA_KEYS["num_workers"]))
+    return DataBundle(
+        name="imagenet",
+        train=LoaderSplit(train_aug, train_eval, tr.tolist(), workers),
+        val=LoaderSplit(train_eval, train_eval, va.tolist(), workers),
+        test=LoaderSplit(test, test, None, workers),
+        num_classes=len(train_aug.classes),
+        input_shape=(3, 224, 224),
+    )

@@ -1,0 +1,254 @@
+"""The one training loop every method runs in.
+
+``train(config, reporter, resume_from)`` is a plain function: Ray Tune trainables call it with a
+``tune.report`` reporter, tests and debugging call it directly. Per epoch it trains, evaluates on the
+validation split through the method's prediction path, and reports the metrics named in the README
+together with a checkpoint from which ``resume_from`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from . import models
+from .config import resolve_config
+from .data import DataBundle, Split, build_data
+from .device import autocast_dtype, cap_gpu_memory, resolve_device, use_channels_last
+from .errors import NonFiniteLossError
+from .methods import Method, MethodContext, get_method
+from .reporting import Reporter
+from .teacher import FrozenTeacher, load_teacher_model
+
+
+@dataclass
+class Trial:
+    """Everything built for one trial, before the first epoch."""
+
+    cfg: dict[str, Any]
+    data: DataBundle
+    method: Method
+    teacher: FrozenTeacher | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    step_fn: Any
+
+
+def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
+    """Number of examples whose target is in the top-k predictions, for each k (k capped at #classes)."""
+    kmax = min(max(ks), logits.shape[1])
+    top = logits.topk(kmax, dim=1).indices
+    hits = top.eq(target[:, None])
+    return [hits[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.inference_mode()
+def evaluate(
+    method: Method, split: Split, batch_size: int, device: torch.device, amp_dtype: torch.dtype | None = None
+) -> dict[str, float]:
+    """Top-1/top-5 accuracy (percent) of ``method.predict`` on a split, in eval mode."""
+    was_training = method.training
+    method.eval()
+    correct1 = torch.zeros((), device=device, dtype=torch.long)
+    correct5 = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    for batch in split.batches(batch_size, shuffle=False, augment=False):
+        with _autocast(device, amp_dtype):
+            logits = method.predict(batch.x)
+        c1, c5 = accuracy_counts(logits.float(), batch.y)
+        correct1 += c1
+        correct5 += c5
+        n += int(batch.y.shape[0])
+    method.train(was_training)
+    return {"top1": 100.0 * correct1.item() / max(n, 1), "top5": 100.0 * correct5.item() / max(n, 1)}
+
+
+def build_trial(config: Mapping[str, Any], workdir: Path | None = None) -> Trial:
+    """Validate the config and build data, models, method, optimizer and schedule for one trial."""
+    cfg = resolve_config(config)
+    method_cls = get_method(cfg["method"])
+    device = resolve_device(cfg)
+    cap_gpu_memory(cfg, device)
+    amp_dtype = autocast_dtype(cfg, device)
+    channels_last = use_channels_last(cfg, device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    data = build_data(cfg).to(device)
+    data.set_memory_format(memory_format)
+
+    torch.manual_seed(int(cfg["seed"]))
+    teacher = None
+    if method_cls.needs_teacher:
+        teacher_model = load_teacher_model(cfg["teacher"], cfg["teacher_checkpoint"], data.num_classes)
+        teacher = FrozenTeacher(teacher_model, budget=cfg.get("teacher_budget"), autocast_dtype=amp_dtype)
+        teacher.to(device, memory_format)
+    student = models.create(cfg[method_cls.model_key], num_classes=data.num_classes).to(device)
+    ctx = MethodContext(
+        num_classes=data.num_classes,
+        input_shape=data.input_shape,
+        device=device,
+        workdir=Path(workdir or Path.cwd()).absolute(),
+        epochs=int(cfg["epochs"]),
+        extras={"data": data},
+    )
+    method = method_cls(student, teacher, cfg, ctx).to(device)
+    method.to(memory_format=memory_format)
+
+    params = method.trainable_parameters()
+    fused_ok = device.type == "cuda"
+    optimizer = torch.optim.SGD(
+        params,
+        lr=float(cfg["lr"]),
+        momentum=float(cfg["momentum"]),
+        nesterov=bool(cfg["nesterov"]) and float(cfg["momentum"]) > 0,
+        weight_decay=float(cfg["weight_decay"]),
+        **({"fused": True} if fused_ok else {"foreach": True}),
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(cfg["lr_milestones"]), gamma=float(cfg["lr_decay"])
+    )
+    step_fn = method.training_step
+    if cfg.get("compile"):
+        step_fn = torch.compile(method.training_step)
+    return Trial(cfg, data, method, teacher, optimizer, scheduler, device, amp_dtype, step_fn)
+
+
+def _trial_state(trial: Trial, epochs_done: int) -> dict[str, Any]:
+    return {
+        "epoch": epochs_done,
+        "method": trial.method.state_dict(),
+        "optimizer": trial.optimizer.state_dict(),
+        "scheduler": trial.scheduler.state_dict(),
+        "rng": ckpt.rng_state(),
+        "teacher": trial.teacher.state() if trial.teacher is not None else None,
+        "extra": trial.method.extra_state(),
+        "config": trial.cfg,
+    }
+
+
+def restore(trial: Trial, resume_from: str | Path) -> int:
+    """Load a checkpoint into a freshly built trial; return the number of epochs already done."""
+    state = ckpt.load_state(resume_from)
+    trial.method.load_state_dict(state["method"])
+    trial.optimizer.load_state_dict(state["optimizer"])
+    trial.scheduler.load_state_dict(state["scheduler"])
+    if trial.teacher is not None and state.get("teacher"):
+        trial.teacher.load_state(state["teacher"])
+    trial.method.load_extra_state(state.get("extra") or {})
+    ckpt.set_rng_state(state["rng"])
+    return int(state["epoch"])
+
+
+def train_one_epoch(trial: Trial, epoch: int) -> dict[str, float]:
+    """One pass over the training split; returns mean loss terms, train top-1 and throughput."""
+    method, cfg, device = trial.method, trial.cfg, trial.device
+    method.train()
+    method.on_epoch_start(epoch)
+    generator = ckpt.epoch_generator(int(cfg["seed"]), epoch)
+    sums: dict[str, torch.Tensor] = {}
+    total_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    start = time.perf_counter()
+    for batch in trial.data.train.batches(
+        int(cfg["batch_size"]), shuffle=True, augment=bool(cfg["augment"]), generator=generator
+    ):
+        with _autocast(device, trial.amp_dtype):
+            result = trial.step_fn(batch, epoch)
+        loss = sum(result.losses.values())
+        trial.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        trial.optimizer.step()
+        n = int(batch.y.shape[0])
+        for name, value in result.losses.items():
+            sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float() * n
+        total_sum += loss.detach().float() * n
+        correct += (result.logits.detach().argmax(1) == batch.y).sum()
+        seen += n
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    trial.scheduler.step()
+    means = {name: float(value.item()) / max(seen, 1) for name, value in sums.items()}
+    bad = [name for name, value in means.items() if not math.isfinite(value)]
+    if bad:
+        raise NonFiniteLossError(
+            f"non-finite loss in term(s) {', '.join(bad)} at epoch {epoch + 1} "
+            f"(method '{cfg['method']}', lr {cfg['lr']}); lower the lr or the term's weight"
+        )
+    metrics = {"train/loss": float(total_sum.item()) / max(seen, 1)}
+    metrics.update({f"train/loss_{name}": value for name, value in means.items()})
+    metrics["train/top1"] = 100.0 * float(correct.item()) / max(seen, 1)
+    metrics["throughput/img_s"] = seen / elapsed if elapsed > 0 else float("nan")
+    return metrics
+
+
+def train(
+    config: Mapping[str, Any],
+    reporter: Reporter | None = None,
+    resume_from: str | Path | None = None,
+    workdir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run (or continue) one trial; return the last epoch's metrics.
+
+    ``reporter(metrics, checkpoint_dir)`` is called once per epoch; ``checkpoint_dir`` is a temporary
+    folder the reporter must copy before returning (it is deleted afterwards).
+    """
+    trial = build_trial(config, Path(workdir) if workdir else None)
+    cfg = trial.cfg
+    start_epoch = restore(trial, resume_from) if resume_from else 0
+    epochs = int(cfg["epochs"])
+    metrics: dict[str, Any] = {}
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        metrics = {"epoch": epoch + 1, "lr": trial.optimizer.param_groups[0]["lr"]}
+        metrics.update(train_one_epoch(trial, epoch))
+        val = evaluate(trial.method, trial.data.val, int(cfg["eval_batch_size"]), trial.device, trial.amp_dtype)
+        metrics["val/top1"], metrics["val/top5"] = val["top1"], val["top5"]
+        last = epoch + 1 == epochs
+        test_every = int(cfg["eval_test_every"] or 0)
+        if last or (test_every and (epoch + 1) % test_every == 0):
+            test = evaluate(trial.method, trial.data.test, int(cfg["eval_batch_size"]), trial.device, trial.amp_dtype)
+            metrics["test/top1"], metrics["test/top5"] = test["top1"], test["top5"]
+        metrics.update(trial.method.epoch_metrics(trial.data, epoch))
+        metrics["teacher_calls"] = trial.teacher.calls if trial.teacher is not None else 0
+        trial.method.on_epoch_end(epoch, metrics)
+        if last:
+            trial.method.on_train_end(metrics)
+        metrics["time/epoch_s"] = time.perf_counter() - t0
+        _report(trial, reporter, metrics, epoch + 1, last)
+    return metrics
+
+
+def _report(trial: Trial, reporter: Reporter | None, metrics: dict[str, Any], epochs_done: int, last: bool) -> None:
+    if reporter is None:
+        return
+    every = int(trial.cfg["checkpoint_every"] or 1)
+    if not (last or epochs_done % every == 0):
+        reporter(metrics, None)
+        return
+    with tempfile.TemporaryDirectory(prefix="kd-ckpt-") as tmp:
+        ckpt.save_state(Path(tmp), _trial_state(trial, epochs_done))
+        reporter(metrics, Path(tmp))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,152 @@
+"""The method contract every distillation method implements, and the registry that finds them.
+
+A method (after mdistiller's ``Distiller``) is an ``nn.Module`` built from the student, the frozen
+teacher and the trial config. Its registered submodules are exactly what trains and what a checkpoint
+holds: the student plus any extra modules it declares (a connector, a regressor). The teacher is held
+outside the module tree (see ``trainables.teacher.FrozenTeacher``).
+
+Registering::
+
+    @register_method
+    class KD(Method):
+        name = "kd"
+        defaults = {"ce_weight": 1.0, "kd_weight": 1.0, "temperature": 4.0}
+
+        def losses(self, batch, epoch):
+            ...
+
+Adding a method touches its own file only: ``trainables.methods`` imports every module in the package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..data import Batch
+from ..errors import ConfigError, unknown_choice
+from ..teacher import FrozenTeacher
+
+
+@dataclass
+class StepResult:
+    """One training step's output: the logits of the prediction path and the named, weighted loss terms."""
+
+    logits: torch.Tensor
+    losses: dict[str, torch.Tensor]
+
+
+@dataclass
+class MethodContext:
+    """Facts about the trial a method may need when it is built."""
+
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    device: torch.device
+    workdir: Path
+    epochs: int
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """Base class: plain cross-entropy on the student, predicting with the student's own head."""
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    needs_teacher: ClassVar[bool] = True
+    model_key: ClassVar[str] = "student"
+    """Which config key names the architecture that trains (the ``teacher`` method trains ``teacher``)."""
+    summary: ClassVar[str] = ""
+
+    def __init__(
+        self, student: nn.Module, teacher: FrozenTeacher | None, cfg: Mapping[str, Any], ctx: MethodContext
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.cfg = dict(cfg)
+        self.ctx = ctx
+        object.__setattr__(self, "teacher", teacher)  # not a submodule: never trained, never saved
+
+    # -- training -----------------------------------------------------------------------------------------
+    def training_step(self, batch: Batch, epoch: int) -> StepResult:
+        """Compute the prediction-path logits and the named loss terms for one batch."""
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits used for evaluation; methods that predict through the teacher's head override this."""
+        return self.student(x)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimizer updates: the student's and the extra modules' (frozen ones excluded)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # -- hooks ----------------------------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before each training epoch (0-based); e.g. online KD switches teacher checkpoints here."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Called after evaluation of each epoch; e.g. the teacher method saves its trajectory here."""
+
+    def on_train_end(self, metrics: dict[str, float]) -> None:
+        """Called once after the last epoch (e.g. to export a deployable module)."""
+
+    def epoch_metrics(self, data: Any, epoch: int) -> dict[str, float]:
+        """Extra per-epoch metrics (diagnostics) merged into the report."""
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        """Method state outside the module tree that a checkpoint must keep (e.g. a teacher-logit cache)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``extra_state`` returned."""
+
+    @staticmethod
+    def validate_config(cfg: Mapping[str, Any]) -> None:
+        """Raise ``ConfigError`` for values this method cannot use (called before any work starts)."""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available under ``cls.name`` with ``cls.defaults``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__qualname__} needs a non-empty class attribute 'name'")
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise TypeError(f"method '{cls.name}' registered twice ({METHODS[cls.name].__qualname__}, {cls.__qualname__})")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    """Look a method up by name; an unknown name lists the registered ones."""
+    if name not in METHODS:
+        raise unknown_choice("method", name, METHODS)
+    return METHODS[name]
+
+
+def check_choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    """Raise a ConfigError naming ``key`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got '{value}'")
+
+
+def check_positive(cfg: Mapping[str, Any], *keys: str, allow_zero: bool = True) -> None:
+    """Raise a ConfigError naming the first key whose value is negative (or zero when not allowed)."""
+    for key in keys:
+        value = cfg.get(key)
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got '{value}'") from None
+        if number < 0 or (number == 0 and not allow_zero):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise ConfigError(f"{key} must be {bound}, got {value}")

@@ -1,0 +1,103 @@
+"""The frozen teacher: built from a checkpoint, never trained, and every call counted.
+
+The teacher is kept out of the method's ``nn.Module`` tree on purpose: its weights never reach the
+optimizer or the trial checkpoint, and ``teacher_calls`` counts every image it sees so a teacher-call
+budget (Comparative KD) can be enforced for any method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, TeacherBudgetExceeded
+
+
+@dataclass
+class TeacherOutput:
+    """What one teacher pass yields: logits, the last feature map and the intermediate stages."""
+
+    logits: torch.Tensor
+    features: torch.Tensor
+    stages: list[torch.Tensor]
+
+
+class FrozenTeacher:
+    """A teacher network in eval mode with no gradients, run under ``torch.inference_mode()``.
+
+    ``__call__`` returns ordinary tensors (cloned out of inference mode) so losses may save them for
+    backward. ``head(features)`` applies the teacher's frozen classifier differentiably with respect to
+    the *input* features: SimKD/IJCKD train the student through it.
+    """
+
+    def __init__(self, model: nn.Module, budget: int | None = None, autocast_dtype: torch.dtype | None = None):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.budget = budget
+        self.calls = 0
+        self.autocast_dtype = autocast_dtype
+
+    def to(self, device: torch.device | str, memory_format: torch.memory_format | None = None) -> FrozenTeacher:
+        self.model.to(device)
+        if memory_format is not None:
+            self.model.to(memory_format=memory_format)
+        return self
+
+    def count(self, n: int) -> None:
+        """Add ``n`` images to the call count; exceeding a budget is an error, never silent."""
+        if self.budget is not None and self.calls + n > self.budget:
+            raise TeacherBudgetExceeded(
+                f"teacher call budget of {self.budget} images exceeded ({self.calls} used, {n} more asked)"
+            )
+        self.calls += n
+
+    def __call__(self, x: torch.Tensor) -> TeacherOutput:
+        self.count(int(x.shape[0]))
+        with torch.inference_mode():
+            if self.autocast_dtype is not None and x.device.type == "cuda":
+                with torch.autocast("cuda", dtype=self.autocast_dtype):
+                    stages = self.model.forward_stages(x)
+                    logits = self.model.forward_head(stages[-1])
+            else:
+                stages = self.model.forward_stages(x)
+                logits = self.model.forward_head(stages[-1])
+        stages = [s.float().clone() for s in stages]
+        return TeacherOutput(logits=logits.float().clone(), features=stages[-1], stages=stages)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """The teacher's frozen pooling + classifier on (student) features; gradients flow to the input."""
+        return self.model.forward_head(features)
+
+    def classifier(self) -> nn.Linear:
+        return self.model.get_classifier()
+
+    @property
+    def feature_channels(self) -> int:
+        return int(self.classifier().in_features)
+
+    def state(self) -> dict[str, Any]:
+        return {"calls": self.calls}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.calls = int(state.get("calls", 0))
+
+
+def load_teacher_model(arch: str, checkpoint: str | Path, num_classes: int) -> nn.Module:
+    """Create ``arch`` and load ``checkpoint`` into it with ``strict=True``.
+
+    Accepts the platform's own teacher files and external ``{'model': state_dict}`` files (the
+    RepDistiller/mdistiller release format) or raw state_dicts.
+    """
+    from . import models
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"teacher checkpoint not found: {path} (teacher_checkpoint must name a file)")
+    model = models.create(arch, num_classes=num_classes)
+    models.load_checkpoint(model, path, strict=True)
+    return model
