@@ -88,7 +88,8 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     for key in dict.fromkeys(arch_keys):
         arch = out.get(key)
         if arch is None:
-            raise ConfigError(f"method '{method_name}' needs '{key}' (an architecture: {', '.join(models.list_models())})")
+            choices = ", ".join(models.list_models())
+            raise ConfigError(f"method '{method_name}' needs '{key}' (an architecture: {choices})")
         if arch not in models.list_models():
             raise unknown_choice(f"{key} architecture", arch, models.list_models())
     if method.needs_teacher and not out.get("teacher_checkpoint"):
