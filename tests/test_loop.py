@@ -77,7 +77,7 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(student_cfg, tmp_path):
 
 def test_non_finite_loss_names_the_term_and_epoch(student_cfg, tmp_path):
     cfg = {**student_cfg, "method": "kd", "kd_weight": math.inf, "epochs": 2, "train_subset": 64}
-    with pytest.raises(NonFiniteLossError, match=r"term\(s\) kd at epoch 1"):
+    with pytest.raises(NonFiniteLossError, match=r"term\(s\) kd at epoch 1, step 1 "):
         train(cfg, workdir=tmp_path)
 
 
