@@ -27,6 +27,8 @@ PARAM_COUNTS_M = {
     "resnet32": 0.47,
     "wrn_40_2": 2.26,
     "wrn_40_1": 0.57,
+    "vgg13": 9.46,
+    "vgg8": 3.97,
 }
 
 # Key names and shapes of the reference (RepDistiller / mdistiller) definitions, 100 classes.
@@ -56,6 +58,20 @@ REFERENCE_KEYS = {
         "block3.layer.5.conv2.weight": (128, 128, 3, 3),
         "bn1.running_var": (128,),
         "fc.weight": (100, 128),
+    },
+    "vgg13": {
+        "block0.0.weight": (64, 3, 3, 3),
+        "block0.0.bias": (64,),
+        "block0.1.running_mean": (64,),
+        "block0.3.weight": (64, 64, 3, 3),
+        "block4.4.num_batches_tracked": (),
+        "classifier.weight": (100, 512),
+        "classifier.bias": (100,),
+    },
+    "vgg8": {
+        "block1.0.weight": (128, 64, 3, 3),
+        "block4.1.weight": (512,),
+        "classifier.weight": (100, 512),
     },
 }
 
@@ -108,11 +124,19 @@ def test_parameter_count(models: dict[str, ZooModel], name: str, expected: float
     assert round(count / 1e6, 2) == expected, count
 
 
-@pytest.mark.parametrize("name", ["resnet8x4", "resnet20", "wrn_16_2"])
+@pytest.mark.parametrize("name", ["resnet8x4", "resnet20", "wrn_16_2", "vgg8"])
 @pytest.mark.parametrize("size", [40, 64])
 def test_non_32_input(models: dict[str, ZooModel], name: str, size: int) -> None:
     with torch.no_grad():
         assert models[name](torch.randn(1, 3, size, size)).shape == (1, 100)
+
+
+def test_vgg_pools_once_more_for_64_pixel_inputs(models: dict[str, ZooModel]) -> None:
+    """RepDistiller's VGG applies its 4th max-pool only to 64x64 (Tiny-ImageNet) inputs."""
+    with torch.no_grad():
+        assert models["vgg8"].forward_features(torch.randn(1, 3, 32, 32)).shape[-1] == 4
+        assert models["vgg8"].forward_features(torch.randn(1, 3, 64, 64)).shape[-1] == 4
+        assert models["vgg8"].forward_features(torch.randn(1, 3, 40, 40)).shape[-1] == 5
 
 
 def test_num_classes_is_honoured() -> None:
