@@ -29,6 +29,7 @@ PARAM_COUNTS_M = {
     "wrn_40_1": 0.57,
     "vgg13": 9.46,
     "vgg8": 3.97,
+    "MobileNetV2": 0.81,
 }
 
 # Key names and shapes of the reference (RepDistiller / mdistiller) definitions, 100 classes.
@@ -72,6 +73,15 @@ REFERENCE_KEYS = {
         "block1.0.weight": (128, 64, 3, 3),
         "block4.1.weight": (512,),
         "classifier.weight": (100, 512),
+    },
+    "MobileNetV2": {
+        "conv1.0.weight": (16, 3, 3, 3),
+        "blocks.0.0.conv.0.weight": (16, 16, 1, 1),
+        "blocks.0.0.conv.3.weight": (16, 1, 3, 3),
+        "blocks.3.3.conv.7.running_mean": (32,),
+        "blocks.6.0.conv.6.weight": (160, 480, 1, 1),
+        "conv2.0.weight": (1280, 160, 1, 1),
+        "classifier.0.weight": (100, 1280),
     },
 }
 
@@ -124,7 +134,7 @@ def test_parameter_count(models: dict[str, ZooModel], name: str, expected: float
     assert round(count / 1e6, 2) == expected, count
 
 
-@pytest.mark.parametrize("name", ["resnet8x4", "resnet20", "wrn_16_2", "vgg8"])
+@pytest.mark.parametrize("name", ["resnet8x4", "resnet20", "wrn_16_2", "vgg8", "MobileNetV2"])
 @pytest.mark.parametrize("size", [40, 64])
 def test_non_32_input(models: dict[str, ZooModel], name: str, size: int) -> None:
     with torch.no_grad():
