@@ -30,6 +30,7 @@ PARAM_COUNTS_M = {
     "vgg13": 9.46,
     "vgg8": 3.97,
     "MobileNetV2": 0.81,
+    "ShuffleV1": 0.95,
 }
 
 # Key names and shapes of the reference (RepDistiller / mdistiller) definitions, 100 classes.
@@ -83,6 +84,15 @@ REFERENCE_KEYS = {
         "conv2.0.weight": (1280, 160, 1, 1),
         "classifier.0.weight": (100, 1280),
     },
+    "ShuffleV1": {
+        "conv1.weight": (24, 3, 1, 1),
+        "layer1.0.conv1.weight": (54, 24, 1, 1),
+        "layer1.0.conv3.weight": (216, 18, 1, 1),
+        "layer2.0.conv1.weight": (60, 80, 1, 1),
+        "layer3.3.conv2.weight": (240, 1, 3, 3),
+        "layer3.3.bn3.running_var": (960,),
+        "linear.weight": (100, 960),
+    },
 }
 
 
@@ -134,7 +144,7 @@ def test_parameter_count(models: dict[str, ZooModel], name: str, expected: float
     assert round(count / 1e6, 2) == expected, count
 
 
-@pytest.mark.parametrize("name", ["resnet8x4", "resnet20", "wrn_16_2", "vgg8", "MobileNetV2"])
+@pytest.mark.parametrize("name", ["resnet8x4", "resnet20", "wrn_16_2", "vgg8", "MobileNetV2", "ShuffleV1"])
 @pytest.mark.parametrize("size", [40, 64])
 def test_non_32_input(models: dict[str, ZooModel], name: str, size: int) -> None:
     with torch.no_grad():

@@ -3,7 +3,7 @@
 Importing the architecture modules below fills the registry as a side effect.
 """
 
-from . import cifar_mobilenetv2, cifar_resnet, cifar_vgg, cifar_wrn  # noqa: F401  (registers models)
+from . import cifar_mobilenetv2, cifar_resnet, cifar_shufflenetv1, cifar_vgg, cifar_wrn  # noqa: F401  (registers models)
 from .base import ZooModel
 from .checkpoint import CheckpointMismatchError, load_checkpoint
 from .registry import create, is_imagenet_model, list_models, register_model
