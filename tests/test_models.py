@@ -31,6 +31,7 @@ PARAM_COUNTS_M = {
     "vgg8": 3.97,
     "MobileNetV2": 0.81,
     "ShuffleV1": 0.95,
+    "ShuffleV2": 1.36,
 }
 
 # Key names and shapes of the reference (RepDistiller / mdistiller) definitions, 100 classes.
@@ -93,6 +94,16 @@ REFERENCE_KEYS = {
         "layer3.3.bn3.running_var": (960,),
         "linear.weight": (100, 960),
     },
+    "ShuffleV2": {
+        "conv1.weight": (24, 3, 1, 1),
+        "layer1.0.conv1.weight": (24, 1, 3, 3),
+        "layer1.0.conv5.weight": (58, 58, 1, 1),
+        "layer1.3.bn3.running_mean": (58,),
+        "layer2.7.conv3.weight": (116, 116, 1, 1),
+        "conv2.weight": (1024, 464, 1, 1),
+        "bn2.weight": (1024,),
+        "linear.weight": (100, 1024),
+    },
 }
 
 
@@ -144,7 +155,10 @@ def test_parameter_count(models: dict[str, ZooModel], name: str, expected: float
     assert round(count / 1e6, 2) == expected, count
 
 
-@pytest.mark.parametrize("name", ["resnet8x4", "resnet20", "wrn_16_2", "vgg8", "MobileNetV2", "ShuffleV1"])
+NON_32_MODELS = ["resnet8x4", "resnet20", "wrn_16_2", "vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2"]
+
+
+@pytest.mark.parametrize("name", NON_32_MODELS)
 @pytest.mark.parametrize("size", [40, 64])
 def test_non_32_input(models: dict[str, ZooModel], name: str, size: int) -> None:
     with torch.no_grad():
