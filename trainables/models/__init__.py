@@ -7,6 +7,7 @@ Importing the architecture modules below fills the registry as a side effect.
 from . import (  # noqa: F401
     cifar_mobilenetv2,
     cifar_resnet,
+    cifar_resnet50,
     cifar_shufflenetv1,
     cifar_shufflenetv2,
     cifar_vgg,
