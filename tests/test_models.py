@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from trainables.models import (
@@ -32,6 +33,12 @@ PARAM_COUNTS_M = {
     "MobileNetV2": 0.81,
     "ShuffleV1": 0.95,
     "ShuffleV2": 1.36,
+}
+# ImageNet models at 1000 classes (torchvision's published figures; MobileNet-v1 ~4.2M).
+IMAGENET_PARAM_COUNTS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
 }
 # Not in the published list above; measured here and kept as a regression guard.
 PARAM_COUNTS_M["ResNet50"] = 23.71
@@ -164,6 +171,25 @@ def test_backward_through_every_stage(name: str) -> None:
 def test_parameter_count(models: dict[str, ZooModel], name: str, expected: float) -> None:
     count = sum(p.numel() for p in models[name].parameters())
     assert round(count / 1e6, 2) == expected, count
+
+
+@pytest.mark.parametrize("name,expected", sorted(IMAGENET_PARAM_COUNTS.items()))
+def test_imagenet_parameter_count(name: str, expected: int) -> None:
+    assert sum(p.numel() for p in create(name, num_classes=1000).parameters()) == expected
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_imagenet_resnet_is_torchvisions(models: dict[str, ZooModel], name: str) -> None:
+    """Same keys, shapes and logits as torchvision's model, so its checkpoints load strictly."""
+    reference = getattr(torchvision.models, name)(weights=None, num_classes=100).eval()
+    ours = models[name]
+    theirs = reference.state_dict()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.items()}
+    ours_copy = create(name).eval()
+    ours_copy.load_state_dict(theirs, strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours_copy(x), reference(x))
 
 
 NON_32_MODELS = ["resnet8x4", "resnet20", "wrn_16_2", "vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2"]

@@ -12,6 +12,7 @@ from . import (  # noqa: F401
     cifar_shufflenetv2,
     cifar_vgg,
     cifar_wrn,
+    imagenet_resnet,
 )
 from .base import ZooModel
 from .checkpoint import CheckpointMismatchError, load_checkpoint
