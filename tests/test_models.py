@@ -34,11 +34,13 @@ PARAM_COUNTS_M = {
     "ShuffleV1": 0.95,
     "ShuffleV2": 1.36,
 }
-# ImageNet models at 1000 classes (torchvision's published figures; MobileNet-v1 ~4.2M).
+# ImageNet models at 1000 classes: torchvision's published ResNet figures; MobileNet-v1 is quoted
+# as 4.2M, the exact count is the one measured here.
 IMAGENET_PARAM_COUNTS = {
     "resnet18": 11_689_512,
     "resnet34": 21_797_672,
     "resnet50": 25_557_032,
+    "mobilenetv1": 4_231_976,
 }
 # Not in the published list above; measured here and kept as a regression guard.
 PARAM_COUNTS_M["ResNet50"] = 23.71
@@ -121,6 +123,15 @@ REFERENCE_KEYS = {
         "layer4.0.conv2.weight": (512, 512, 3, 3),
         "layer4.2.bn3.weight": (2048,),
         "linear.weight": (100, 2048),
+    },
+    # mdistiller's ImageNet MobileNetV1 layout.
+    "mobilenetv1": {
+        "model.0.0.weight": (32, 3, 3, 3),
+        "model.1.0.weight": (32, 1, 3, 3),
+        "model.1.3.weight": (64, 32, 1, 1),
+        "model.12.4.running_mean": (1024,),
+        "model.13.3.weight": (1024, 1024, 1, 1),
+        "fc.weight": (100, 1024),
     },
 }
 
@@ -208,6 +219,13 @@ def test_vgg_pools_once_more_for_64_pixel_inputs(models: dict[str, ZooModel]) ->
         assert models["vgg8"].forward_features(torch.randn(1, 3, 32, 32)).shape[-1] == 4
         assert models["vgg8"].forward_features(torch.randn(1, 3, 64, 64)).shape[-1] == 4
         assert models["vgg8"].forward_features(torch.randn(1, 3, 40, 40)).shape[-1] == 5
+
+
+def test_mobilenetv1_stage_resolutions(models: dict[str, ZooModel]) -> None:
+    with torch.no_grad():
+        stages = models["mobilenetv1"].forward_stages(torch.randn(1, 3, 64, 64))
+    assert [tuple(s.shape[1:]) for s in stages] == [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4),
+                                                    (1024, 2, 2)]
 
 
 def test_num_classes_is_honoured() -> None:

@@ -12,6 +12,7 @@ from . import (  # noqa: F401
     cifar_shufflenetv2,
     cifar_vgg,
     cifar_wrn,
+    imagenet_mobilenetv1,
     imagenet_resnet,
 )
 from .base import ZooModel
