@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .spec import SPEC_DEFAULTS, Spec, SpecError, pair_label, validate
+from .spec import Spec, SpecError, pair_label, validate
 from .state import (
     SPEC_FILE,
     experiment_trials,
@@ -28,6 +28,8 @@ from .state import (
 )
 
 DONE = ("done", "skipped")
+PAIR_DERIVED = ("student", "teacher", "teacher_checkpoint", "teacher_trajectory")
+"""Keys that follow from ``pair`` (left out of summaries that already show the pair)."""
 
 
 class StudyError(RuntimeError):
@@ -39,10 +41,8 @@ class Interrupted(RuntimeError):
 
 
 def study_dir_for(spec: Spec) -> Path:
-    """``<storage_path>/<name>`` (a URI storage path keeps the study's own files under ./studies)."""
-    storage = spec.data["storage_path"]
-    base = Path(storage) if "://" not in storage else Path(SPEC_DEFAULTS["storage_path"]).absolute()
-    return base / spec.name
+    """``<storage_path>/<name>``."""
+    return spec.study_dir
 
 
 def load_study_spec(study_dir: Path) -> Spec:
@@ -194,7 +194,15 @@ def run_stages(spec: Spec, study_dir: Path, resources: dict[str, float], *, kind
         exp_dir = study_dir / stage.name
         entry["status"] = "running"
         save_manifest(study_dir, manifest)
-        if tn.can_restore(study_dir, stage):
+        restorable = tn.can_restore(study_dir, stage)
+        if restorable:
+            outcome = tn.recover_state(exp_dir)
+            if outcome == "recovered":
+                print(f"   {stage.name}: state files cut by the crash; restored from {tn.BACKUP}", flush=True)
+            elif outcome == "lost":
+                print(f"   {stage.name}: state files unreadable and no backup: the stage starts over", flush=True)
+                restorable = False
+        if restorable:
             print(f"== {stage.name}: resuming ({exp_dir})", flush=True)
             if stage.kind == "search":
                 stale = tn.reconcile_optuna(spec, stage, study_dir)
@@ -278,7 +286,7 @@ def summary(spec: Spec, study_dir: Path) -> str:
             test = _mean_std([r["test/top1"] for r in stage_rows])
             lines.append(f"  {entry['name']}: {metric} {val}, test/top1 {test} over {len(stage_rows)} seed(s){tail}")
         elif entry["kind"] == "grid" and stage_rows:
-            keys = [k for k in varying_keys(stage_rows, skip=("seed", "method")) if k != "seed"]
+            keys = varying_keys(stage_rows, skip=("seed", "method", *PAIR_DERIVED))
             groups: dict[tuple, list[dict[str, Any]]] = {}
             for r in stage_rows:
                 groups.setdefault(tuple(_short(r["params"].get(k)) for k in keys), []).append(r)
