@@ -160,7 +160,7 @@ def best_trial(study_dir: Path, stage_name: str, metric: str, mode: str) -> dict
 
 
 def run_stages(spec: Spec, study_dir: Path, resources: dict[str, float], *, kinds: tuple[str, ...] | None = None,
-               retry_errored: bool = False, verbose: int = 1) -> dict[str, Any]:
+               retry_errored: bool = False, verbose: int = 1, callbacks: list | None = None) -> dict[str, Any]:
     """Run every unfinished stage (optionally only some kinds) in order; returns the final manifest."""
     from trainables.methods import get_method
 
@@ -217,7 +217,7 @@ def run_stages(spec: Spec, study_dir: Path, resources: dict[str, float], *, kind
                 tn.forget_optuna_study(spec, stage, study_dir)
             print(f"== {stage.name}: {_describe(spec, stage)}", flush=True)
             tuner = tn.build_tuner(spec, stage, study_dir, resources, trained=manifest["teachers"], best=best,
-                                   verbose=verbose)
+                                   verbose=verbose, callbacks=callbacks)
         tuner.fit()
         if not _all_finished(exp_dir):
             entry["status"] = "interrupted"
@@ -319,8 +319,11 @@ def build_report(study_dir: Path) -> str:
 
 def run_study(spec: Spec, study_dir: Path | None = None, *, address: str | None = None, resume: bool = False,
               kinds: tuple[str, ...] | None = None, retry_errored: bool = False, verbose: int = 1,
-              report: bool | None = None) -> Path:
-    """Create (or resume) and run a study; prints progress and the summary. Returns the study dir."""
+              report: bool | None = None, callbacks: list | None = None) -> Path:
+    """Create (or resume) and run a study; prints progress and the summary. Returns the study dir.
+
+    ``callbacks``: extra Tune callbacks for the stages this call creates.
+    """
     study_dir = Path(study_dir or study_dir_for(spec)).absolute()
     if not resume and study_dir.exists():
         init_study(spec, study_dir)  # raises the "already exists" SpecError
@@ -330,7 +333,8 @@ def run_study(spec: Spec, study_dir: Path | None = None, *, address: str | None 
         if not resume:
             init_study(spec, study_dir)
         print(f"study {spec.name}: {study_dir}", flush=True)
-        run_stages(spec, study_dir, resources, kinds=kinds, retry_errored=retry_errored, verbose=verbose)
+        run_stages(spec, study_dir, resources, kinds=kinds, retry_errored=retry_errored, verbose=verbose,
+                   callbacks=callbacks)
     finally:
         if owned:
             import ray

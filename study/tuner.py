@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
 
 from .spec import Spec, grid_columns, grid_rows, json_key, pair_label, teacher_folder
 from .state import OPTUNA_FILE, experiment_trials
@@ -85,6 +86,24 @@ class Lookup:
 def trial_dirname(trial: Any) -> str:
     """Short trial folder names: ``<method>_<trial id>`` (the config is in ``params.json``)."""
     return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+class StudyOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that accepts results for trials the database already finished.
+
+    After a kill -9 the database can be ahead of the restored searcher: a trial that finished after the last
+    experiment snapshot was already told to Optuna, while the restored experiment still runs it (it
+    re-reports its final epoch and ends). Optuna refuses updates to a finished trial; the database already
+    holds the right value, so those reports are dropped instead of crashing the driver.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        import optuna
+
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
 
 
 class StudyProgress(Callback):
@@ -210,7 +229,8 @@ def _seeds(spec: Spec) -> Any:
     return tune.grid_search(list(seeds)) if len(seeds) > 1 else seeds[0]
 
 
-def _run_config(spec: Spec, stage: Stage, study_dir: Path, verbose: int, show: list[str]) -> Any:
+def _run_config(spec: Spec, stage: Stage, study_dir: Path, verbose: int, show: list[str],
+                callbacks: list | None = None) -> Any:
     from ray import tune
 
     return tune.RunConfig(
@@ -221,15 +241,18 @@ def _run_config(spec: Spec, stage: Stage, study_dir: Path, verbose: int, show: l
         checkpoint_config=tune.CheckpointConfig(num_to_keep=int(spec.data["checkpoint_keep"])),
         sync_config=tune.SyncConfig(sync_artifacts=True),
         verbose=verbose,
-        callbacks=[StudyProgress(stage.name, show), StateBackup()],
+        callbacks=[StudyProgress(stage.name, show), StateBackup(), *(callbacks or [])],
     )
 
 
 # -- building ----------------------------------------------------------------------------------------------------
 def build_tuner(spec: Spec, stage: Stage, study_dir: Path, resources: Mapping[str, float], *,
                 trained: Mapping[str, Any] | None = None, best: Mapping[str, Any] | None = None,
-                verbose: int = 1) -> Any:
-    """A fresh ``tune.Tuner`` for ``stage`` (see the module docstring for what each kind runs)."""
+                verbose: int = 1, callbacks: list | None = None) -> Any:
+    """A fresh ``tune.Tuner`` for ``stage`` (see the module docstring for what each kind runs).
+
+    ``callbacks``: extra Tune callbacks (picklable: they are stored with the experiment).
+    """
     from ray import tune
 
     trained = trained or {}
@@ -269,7 +292,6 @@ def build_tuner(spec: Spec, stage: Stage, study_dir: Path, resources: Mapping[st
         show = ["seed"]
     elif stage.kind == "search":
         from optuna.samplers import TPESampler
-        from ray.tune.search.optuna import OptunaSearch
 
         pair = next(p for p in spec.pairs if pair_label(p) == stage.pair)
         space = spec.pair_config(stage.method, pair, trained)
@@ -279,7 +301,7 @@ def build_tuner(spec: Spec, stage: Stage, study_dir: Path, resources: Mapping[st
         trials = int(search["trials"])
         points = [method_space.default_point()] if search["defaults_first"] else []
         sampler = TPESampler(seed=int(search["seed"]), n_startup_trials=max(1, min(10, trials // 2)))
-        search_alg = OptunaSearch(
+        search_alg = StudyOptunaSearch(
             method_space,
             metric=metric,
             mode=mode,
@@ -316,7 +338,7 @@ def build_tuner(spec: Spec, stage: Stage, study_dir: Path, resources: Mapping[st
         trainable(stage.method, resources),
         param_space=space,
         tune_config=tune_config,
-        run_config=_run_config(spec, stage, study_dir, verbose, show),
+        run_config=_run_config(spec, stage, study_dir, verbose, show, callbacks),
     )
 
 
@@ -363,12 +385,15 @@ def write_backup(staging: Path, exp_dir: Path) -> None:
 
 
 def _readable(path: Path) -> bool:
+    """Parses as JSON or unpickles (Tune stores some pickles under a .json name)."""
     try:
-        if path.suffix == ".json":
-            json.loads(path.read_text())
-        else:
-            with open(path, "rb") as fh:
-                pickle.load(fh)
+        json.loads(path.read_bytes().decode())
+        return True
+    except Exception:  # noqa: BLE001 - not JSON: maybe a pickle
+        pass
+    try:
+        with open(path, "rb") as fh:
+            pickle.load(fh)
         return True
     except Exception:  # noqa: BLE001 - truncated or otherwise unreadable
         return False

@@ -5,20 +5,26 @@ trained inside the study. Real Ray Tune, real Optuna (SQLite), real training on 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from ray.tune import Callback
 
 from study.__main__ import main
 from study.runner import run_study
 from study.spaces import available_knobs
 from study.spec import validate
-from study.state import experiment_trials, load_manifest, read_results, status_table, trial_rows
+from study.state import experiment_trials, load_manifest, read_results, save_manifest, status_table, trial_rows
 from trainables.config import allowed_keys
 from trainables.methods import get_method
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +140,6 @@ def test_state_files_cut_by_a_crash_come_back_from_the_backup(search_study, tmp_
 
     _, study_dir = search_study
     exp = tmp_path / "search-kd"
-    import shutil
-
     shutil.copytree(study_dir / "search-kd", exp)
     assert state_readable(exp) and state_readable(exp / BACKUP)
     searcher = next(exp.glob("searcher-state-*.pkl"))
@@ -173,3 +177,82 @@ def test_a_failing_trial_is_marked_and_the_study_goes_on(ray_session, tmp_path, 
     assert stage["status"] == "done" and stage["errored"] == 1
     out = capsys.readouterr().out
     assert "ERROR" in out and "non-finite" in out and "1 errored" in out
+
+
+class SnapshotAfterFirstEpoch(Callback):
+    """Copies the experiment's state files as they stand right after epoch 1's result (or its checkpoint)."""
+
+    def __init__(self, dest: str, on: str) -> None:
+        self.dest, self.on = dest, on
+        self.armed = self.taken = False
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.armed = self.armed or (self.on == "result" and result.get("epoch") == 1)
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        self.armed = self.armed or self.on == "checkpoint"
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.armed and not self.taken and trials:
+            staging = Path(trials[0].storage.experiment_driver_staging_path)
+            Path(self.dest).mkdir(parents=True, exist_ok=True)
+            for pattern in ("*.json", "*.pkl"):
+                for path in staging.glob(pattern):
+                    shutil.copy2(path, Path(self.dest) / path.name)
+            self.taken = True
+
+
+@pytest.mark.parametrize("snapshot_at", ["result", "checkpoint"])
+def test_resume_from_a_stale_snapshot_trains_no_epoch_twice(snapshot_at, ray_session, tmp_path, monkeypatch):
+    """The driver 'died' after epoch 2 was checkpointed to disk but before Tune snapshotted or logged it.
+
+    ``result``: the last snapshot has epoch 1's result but not its checkpoint (Tune restarts the trial's
+    logs); ``checkpoint``: it has epoch 1's checkpoint (Tune restores the logs). Either way the trial must
+    continue from the epoch-2 checkpoint on disk, train nothing again, and log each epoch once.
+    """
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")  # snapshot every controller step
+    spec = validate(
+        {
+            "name": "stale",
+            "storage_path": str(tmp_path),
+            "pairs": [{"teacher": "resnet8", "student": "resnet8"}],
+            "methods": ["ce"],
+            "config": {"epochs": 2, "batch_size": 64},
+            "resources": {"cpu": 1},
+            "ray": {"num_cpus": 1},
+        }
+    )
+    snapshot = tmp_path / "snapshot"
+    callback = SnapshotAfterFirstEpoch(str(snapshot), snapshot_at)
+    study_dir = run_study(spec, verbose=0, report=False, callbacks=[callback])
+    exp = study_dir / "grid-ce"
+    (trial,) = experiment_trials(exp)
+    log_before = (trial["dir"] / "epoch_log.jsonl").read_text()
+    lines = (trial["dir"] / "result.json").read_text().splitlines()
+    original = [json.loads(x) for x in lines]
+    assert [r["epoch"] for r in original] == [1, 2]
+    # roll the experiment back to the epoch-1 snapshot; the epoch-2 checkpoint stays on disk
+    for path in [*exp.glob("*.json"), *exp.glob("*.pkl")]:
+        if path.name != "tuner.pkl":
+            path.unlink()
+    for path in snapshot.iterdir():
+        shutil.copy2(path, exp / path.name)
+    shutil.rmtree(exp / ".state-backup")
+    (trial["dir"] / "result.json").write_text(lines[0] + "\n")
+    assert [t["status"] for t in experiment_trials(exp)] != ["TERMINATED"]
+    manifest = load_manifest(study_dir)
+    manifest["stages"][0]["status"] = "running"
+    save_manifest(study_dir, manifest)
+
+    # a new driver (a new Ray session, as after a real crash); it unpickles this module's callback
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    out = subprocess.run([sys.executable, "-m", "study", "resume", str(study_dir), "--no-report", "--verbose", "0"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert [t["status"] for t in experiment_trials(exp)] == ["TERMINATED"]
+    assert (trial["dir"] / "epoch_log.jsonl").read_text() == log_before  # nothing trained again
+    replayed = [json.loads(x) for x in (trial["dir"] / "result.json").read_text().splitlines()]
+    assert [r["epoch"] for r in replayed] == [1, 2]
+    for i in (0, 1):
+        for key in ("train/loss", "val/top1", "time/epoch_s"):
+            assert replayed[i][key] == original[i][key]
