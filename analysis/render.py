@@ -33,6 +33,12 @@ def _mask(frame: pd.DataFrame, bold: pd.DataFrame | None) -> pd.DataFrame:
     return bold.reindex(index=frame.index, columns=frame.columns).fillna(False).astype(bool)
 
 
+def _numeric_like(column: pd.Series) -> bool:
+    """Right-align columns of numbers and 'm ± s' cells; left-align text."""
+    values = [str(v) for v in column if str(v) != DASH]
+    return bool(values) and all(v[:1].isdigit() or v[:1] in "-−+." for v in values)
+
+
 def to_markdown(frame: pd.DataFrame, bold: pd.DataFrame | None = None, index_label: str | None = None) -> str:
     """A GitHub-flavoured Markdown table; the index becomes the first column when ``index_label`` is given."""
     mask = _mask(frame, bold)
@@ -41,8 +47,9 @@ def to_markdown(frame: pd.DataFrame, bold: pd.DataFrame | None = None, index_lab
     def esc(text: object) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |",
-             "|" + "|".join([":---"] * (1 if index_label is not None else 0) + ["---:"] * len(frame.columns)) + "|"]
+    aligns = [":---"] if index_label is not None else []
+    aligns += ["---:" if _numeric_like(frame[c]) else ":---" for c in frame.columns]
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join(aligns) + "|"]
     for idx, row in frame.iterrows():
         cells = [esc(idx)] if index_label is not None else []
         for col in frame.columns:
