@@ -377,7 +377,7 @@ def _history_figure(ostudy: Any, complete: list, maximize: bool, out_dir: Path, 
         running = max(running, v) if maximize else min(running, v)
         best.append(running)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter(numbers, values, s=18, color="tab:blue", label="trial value")
+    ax.scatter(numbers, values, s=30, color="tab:blue", label="trial value")
     ax.step(numbers, best, where="post", color="tab:red", label="best so far")
     ax.set_xlabel("Optuna trial number")
     from matplotlib.ticker import MaxNLocator
@@ -444,12 +444,12 @@ def _param_figure(ostudy: Any, complete: list, out_dir: Path, key: str, label: s
         dist = next((t.distributions[p] for t in complete if p in t.distributions), None)
         xs = [x for x, _ in pts]
         if all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs):
-            ax.scatter(xs, [y for _, y in pts], s=18)
+            ax.scatter(xs, [y for _, y in pts], s=30)
             if getattr(dist, "log", False):
                 ax.set_xscale("log")
         else:
             cats = sorted({str(x) for x in xs})
-            ax.scatter([cats.index(str(x)) for x in xs], [y for _, y in pts], s=18)
+            ax.scatter([cats.index(str(x)) for x in xs], [y for _, y in pts], s=30)
             ax.set_xticks(range(len(cats)), cats)
         ax.set_xlabel(p + (" (log scale)" if getattr(dist, "log", False) else ""))
         ax.set_ylabel(label)

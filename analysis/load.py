@@ -294,6 +294,7 @@ def _trial_record(
         "trial_name": name,
         "experiment": str(exp_dir.relative_to(root)) if exp_dir != root else ".",
         "trial_dir": str(trial_dir) if trial_dir is not None else None,
+        "stage_kind": None,
         "state": state,
         "completed": bool(completed),
         "error": error,
@@ -345,6 +346,9 @@ def load_study(study_dir: str | Path) -> Study:
     else:
         history = (history.drop_duplicates(subset=["trial_id", "epoch"], keep="last")
                    .sort_values(["trial_id", "epoch"]).reset_index(drop=True))
+    if not trials.empty:
+        kinds = _stage_kinds(root, problems)
+        trials["stage_kind"] = [kinds.get(e) or _stage_kind_from_name(e) for e in trials["experiment"]]
     spec, spec_text = _read_spec(root, problems)
     dbs = sorted({*root.glob("optuna.db"), *root.glob("*/optuna.db")})
     return Study(root=root, trials=trials, history=history, spec=spec, spec_text=spec_text, optuna_dbs=dbs,
@@ -358,6 +362,26 @@ def _history(trial_id: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         epoch = metrics.pop("epoch", metrics.get("training_iteration", i + 1))
         out.append({"trial_id": trial_id, "epoch": epoch, **metrics})
     return out
+
+
+STAGE_KINDS = ("teachers", "search", "final", "grid")
+"""Kinds of experiment a ``study run`` writes (``study.json`` lists them): the teacher stage, an Optuna search,
+the selected configuration re-run over seeds, and a grid."""
+
+
+def _stage_kinds(root: Path, problems: list[str]) -> dict[str, str]:
+    """Experiment folder name -> stage kind, from the study's ``study.json`` manifest when there is one."""
+    path = root / "study.json"
+    if not path.is_file():
+        return {}
+    data = _read_json(path, problems)
+    stages = data.get("stages", []) if isinstance(data, dict) else []
+    return {str(s["name"]): str(s["kind"]) for s in stages if isinstance(s, dict) and "name" in s and "kind" in s}
+
+
+def _stage_kind_from_name(experiment: str) -> str | None:
+    head = Path(experiment).name.split("-", 1)[0]
+    return head if head in STAGE_KINDS else None
 
 
 def _read_spec(root: Path, problems: list[str]) -> tuple[dict[str, Any] | None, str | None]:

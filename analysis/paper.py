@@ -194,7 +194,7 @@ def _walk(node: Any, found: dict[str, set]) -> None:
 
 
 def paper_tables_for_spec(spec: Mapping[str, Any]) -> list[str]:
-    """The paper tables a study spec reproduces, read from its methods, pairs and the knobs it grids/searches.
+    """The paper tables a study spec reproduces, read from its methods, pairs and the knobs it grids or searches.
 
     A spec may also say so outright with a top-level ``paper_table``/``reproduces`` key (``table1`` or
     ``[table2, table3]``); those are returned first.
@@ -207,6 +207,10 @@ def paper_tables_for_spec(spec: Mapping[str, Any]) -> list[str]:
                 explicit.append(item.lower().replace(" ", ""))
     found: dict[str, set] = {"methods": set(), "teacher": set(), "student": set(), "pairs": set(), "keys": set()}
     _walk(spec, found)
+    varied: dict[str, set] = {"methods": set(), "teacher": set(), "student": set(), "pairs": set(), "keys": set()}
+    for section in ("grid", "search"):  # only keys a study varies make it an ablation
+        _walk(spec.get(section) or {}, varied)
+    found["keys"] = varied["keys"]
     pairs = set(found["pairs"]) | {(t, s) for t in found["teacher"] for s in found["student"]}
     inferred = reproduced_tables(found["methods"], pairs, found["keys"])
     return list(dict.fromkeys(explicit + inferred))

@@ -104,10 +104,16 @@ def finished(trials: pd.DataFrame) -> pd.DataFrame:
 def select(
     trials: pd.DataFrame, metrics: Sequence[str] = (REPORT_METRIC,), by: str = SELECT_METRIC
 ) -> Selection | None:
-    """Pick the configuration with the best mean ``by`` over seeds; report ``metrics`` over its seeds."""
+    """Pick the configuration with the best mean ``by`` over seeds; report ``metrics`` over its seeds.
+
+    When some of the trials come from a study's ``final`` stage (the configuration its search selected on
+    validation, re-run for every seed), only those count: the selection was already made, on more trials.
+    """
     trials = finished(trials)
     if trials.empty or by not in trials.columns:
         return None
+    if "stage_kind" in trials.columns and (trials["stage_kind"] == "final").any():
+        trials = trials[trials["stage_kind"] == "final"]
     trials = trials[_where(trials[by], _finite)]
     if trials.empty:
         return None
