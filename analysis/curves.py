@@ -9,6 +9,7 @@ configuration selected on validation. Each builder returns ``FigureResult`` or `
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -408,8 +409,10 @@ def _importance_figure(ostudy: Any, complete: list, out_dir: Path, key: str) -> 
     failures = []
     for label, make in evaluators:
         try:
-            results[label] = {k: float(v) for k, v in optuna.importance.get_param_importances(
-                ostudy, evaluator=make()).items()}
+            with warnings.catch_warnings():  # few-trial studies make some evaluators warn; the caption says so
+                warnings.simplefilter("ignore")
+                results[label] = {k: float(v) for k, v in optuna.importance.get_param_importances(
+                    ostudy, evaluator=make()).items()}
         except Exception as exc:  # noqa: BLE001 - an evaluator may refuse tiny or degenerate studies
             failures.append(f"{label}: {type(exc).__name__}")
     if not results:

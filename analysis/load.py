@@ -283,7 +283,7 @@ def _trial_record(
     epochs_cfg = params.get("epochs")
     last_epoch = _float_or_nan(last.get("epoch", last.get("training_iteration")))
     if isinstance(epochs_cfg, int | float) and not isinstance(epochs_cfg, bool):
-        completed = state != "errored" and last_epoch >= float(epochs_cfg)
+        completed = state not in ("errored", "pending") and last_epoch >= float(epochs_cfg)
     else:
         completed = state == "terminated" and "test/top1" in last
     teacher, student = params.get("teacher"), params.get("student")
