@@ -40,6 +40,9 @@ NON_CONFIG_KEYS = frozenset({
 """Config keys that do not define a configuration: seeds are repetitions of one configuration, the rest are
 paths and execution settings that do not change what is learned (a teacher checkpoint per seed, AMP...)."""
 
+IDENTITY_KEYS = frozenset({"method", "teacher", "student", "pair", "dataset", "teacher_trajectory"})
+"""Config keys that say which cell a trial belongs to (method, pair, data set), not how it was tuned."""
+
 _TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5}|[0-9a-f]{8})_\d+_")
 
 
@@ -75,11 +78,11 @@ class Study:
         return [c for c in self.history.columns if c not in ("trial_id", "epoch")]
 
     def knobs(self) -> list[str]:
-        """Config keys (without prefix) whose value differs between trials, seeds and paths excluded."""
+        """Config keys (without prefix) whose value differs between trials: seeds, paths, method and pair excluded."""
         out = []
         for col in self.config_columns():
             key = col[len("config/"):]
-            if key in NON_CONFIG_KEYS or key == "method":
+            if key in NON_CONFIG_KEYS or key in IDENTITY_KEYS:
                 continue
             if self.trials[col].map(_hashable).nunique(dropna=False) > 1:
                 out.append(key)

@@ -151,7 +151,8 @@ def _states(doc: _Doc, study: Study) -> None:
         return
     grid = pd.crosstab(trials["method"].fillna("?"), trials["state"])
     cols = [s for s in STATES if s in grid.columns]
-    grid = grid.reindex(columns=cols, fill_value=0)
+    rows = ordered_methods(trials) + sorted(set(grid.index) - set(ordered_methods(trials)))
+    grid = grid.reindex(index=rows, columns=cols, fill_value=0)
     grid.loc["all methods"] = grid.sum()
     grid["total"] = grid.sum(axis=1)
     doc.frame(grid.astype(int).astype(str), index_label="method")

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from . import paper
-from .load import NON_CONFIG_KEYS, Study, _hashable
+from .load import IDENTITY_KEYS, NON_CONFIG_KEYS, Study, _hashable
 from .render import DASH, fmt_num, fmt_signed, records_frame, to_html, to_latex, to_markdown
 
 SELECT_METRIC = "val/top1"
@@ -112,30 +112,32 @@ def select(
     trials = finished(trials)
     if trials.empty or by not in trials.columns:
         return None
-    if "stage_kind" in trials.columns and (trials["stage_kind"] == "final").any():
-        trials = trials[trials["stage_kind"] == "final"]
     trials = trials[_where(trials[by], _finite)]
     if trials.empty:
         return None
-    configs = [trial_config(row) for _, row in trials.iterrows()]
-    keys = [_hashable(c) for c in configs]
+    all_configs = [trial_config(row) for _, row in trials.iterrows()]
+    candidates = len({_hashable(c) for c in all_configs})
+    pool = trials
+    if "stage_kind" in trials.columns and (trials["stage_kind"] == "final").any():
+        pool = trials[(trials["stage_kind"] == "final").to_numpy()]
+    configs = [trial_config(row) for _, row in pool.iterrows()]
     groups: dict[Any, list[int]] = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
+    for i, config in enumerate(configs):
+        groups.setdefault(_hashable(config), []).append(i)
     scored = []
-    for order, (key, idx) in enumerate(groups.items()):
-        stat = Stat.of(trials.iloc[idx][by])
-        scored.append((stat.mean, stat.n, -order, key, idx, stat))
+    for order, idx in enumerate(groups.values()):
+        stat = Stat.of(pool.iloc[idx][by])
+        scored.append((stat.mean, stat.n, -order, idx, stat))
     scored.sort(key=lambda s: (s[0], s[1], s[2]), reverse=True)
-    _, _, _, _, idx, val = scored[0]
-    chosen = trials.iloc[idx]
+    _, _, _, idx, val = scored[0]
+    chosen = pool.iloc[idx]
     config = configs[idx[0]]
-    varying = set()
-    for c in configs:
+    varying: set[str] = set()
+    for c in all_configs:  # the keys that set this configuration apart from the others the study tried
         varying |= {k for k in set(c) | set(config) if _hashable(c.get(k)) != _hashable(config.get(k))}
     report = {m: Stat.of(chosen[m]) if m in chosen.columns else Stat.of([]) for m in metrics}
-    return Selection(config=config, knobs={k: config.get(k) for k in sorted(varying)}, val=val, report=report,
-                     n_configs=len(groups), trial_ids=[str(t) for t in chosen["trial_id"]])
+    return Selection(config=config, knobs={k: config.get(k) for k in sorted(varying - IDENTITY_KEYS)}, val=val,
+                     report=report, n_configs=candidates, trial_ids=[str(t) for t in chosen["trial_id"]])
 
 
 # -- tables ---------------------------------------------------------------------------------------------------
@@ -598,7 +600,7 @@ def fmt_config(knobs: dict[str, Any]) -> str:
             return "default"
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    return ", ".join(f"{k}={show(v)}" for k, v in knobs.items()) or "(defaults)"
+    return ", ".join(f"{k}={show(v)}" for k, v in knobs.items()) or "(the only configuration)"
 
 
 def best_per_method(study: Study) -> ListTable | Skipped:
