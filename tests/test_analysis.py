@@ -1,8 +1,12 @@
-"""Analysis on a real small study: tables against the trials' own results, figures, reports, a browser.
+"""Analysis on real small studies: tables against the trials' own results, figures, reports, a browser.
 
-One real study is made per test module with Ray Tune on digits (resnet8 student, the session teacher):
-``grid-ce`` and ``grid-kd`` (2 seeds x 2 epochs), ``search-kd`` (OptunaSearch, 2 trials of 1 epoch, storage
-``optuna.db``) and ``grid-broken`` (a kd trial whose teacher checkpoint does not exist: errored).
+Two real studies are made once per test module with ``study run`` (``study.runner.run_study``) on digits,
+resnet20 (the session teacher) -> resnet8:
+
+- ``digits-study``: ce and kd, each an Optuna search of 2 trials then the selected configuration re-run on
+  seeds 0 and 1 (stages ``search-ce``, ``final-ce``, ``search-kd``, ``final-kd``), 2 epochs per trial.
+- ``budget-study``: a kd grid over ``teacher_budget`` [1, 5000] (1 epoch): the budget of 1 image is exceeded
+  by the first batch, so that trial errors; the other finishes.
 """
 
 from __future__ import annotations
@@ -24,73 +28,53 @@ from analysis import paper
 from analysis.curves import FigureResult, build_figures
 from analysis.load import load_study
 from analysis.report import build_report
-from analysis.tables import Skipped, Table, build_tables, table1_methods_by_pair, table4_imagenet
+from analysis.tables import Skipped, Table, build_tables, select, table1_methods_by_pair, table4_imagenet
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 REPO = Path(__file__).resolve().parents[1]
+PAIR = "resnet20 → resnet8"
+
+
+def _run_study(root: Path, teacher: dict, **spec) -> Path:
+    from study.runner import run_study
+    from study.spec import validate
+
+    raw = {"storage_path": str(root), "data": {"dataset": "digits"},
+           "teacher": {"train": False, "checkpoints": {teacher["arch"]: teacher["checkpoint"]}},
+           "pairs": [{"teacher": teacher["arch"], "student": "resnet8"}], "resources": {"cpu": 1, "gpu": 0},
+           "report": False, **spec}
+    return run_study(validate(raw), root / raw["name"], verbose=0, report=False)
 
 
 @pytest.fixture(scope="module")
-def study_dir(tmp_path_factory: pytest.TempPathFactory, ray_session, digits_teacher: dict) -> Path:
-    import optuna
-    from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
+def studies(tmp_path_factory: pytest.TempPathFactory, ray_session, digits_teacher: dict) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("analysis_studies")
+    return {
+        "main": _run_study(root, digits_teacher, name="digits-study", methods=["ce", "kd"], seeds=[0, 1],
+                           config={"epochs": 2}, search={"trials": 2, "seed": 0}),
+        "budget": _run_study(root, digits_teacher, name="budget-study", methods=["kd"], seeds=[0],
+                             config={"epochs": 1}, grid={"kd": {"teacher_budget": [1, 5000]}}),
+    }
 
-    from trainables.trainable import trainable_for
 
-    root = tmp_path_factory.mktemp("analysis_study") / "digits-study"
-    root.mkdir()
-    base = {"dataset": "digits", "student": "resnet8", "teacher": digits_teacher["arch"],
-            "teacher_checkpoint": digits_teacher["checkpoint"]}
+@pytest.fixture(scope="module")
+def study_dir(studies: dict[str, Path]) -> Path:
+    return studies["main"]
 
-    def run(name: str, method: str, space: dict, **tune_config) -> None:
-        tune.Tuner(
-            tune.with_resources(trainable_for(method), {"cpu": 1}),
-            param_space={**base, **space},
-            tune_config=tune.TuneConfig(**tune_config) if tune_config else None,
-            run_config=tune.RunConfig(name=name, storage_path=str(root), verbose=0),
-        ).fit()
 
-    for method in ("ce", "kd"):
-        run(f"grid-{method}", method, {"epochs": 2, "seed": tune.grid_search([0, 1])})
-    storage = optuna.storages.RDBStorage(f"sqlite:///{root / 'optuna.db'}")
-    searcher = OptunaSearch(metric="val/top1", mode="max", storage=storage, study_name="digits-study/search-kd",
-                            seed=0)
-    run("search-kd", "kd", {"epochs": 1, "seed": 0, "temperature": tune.uniform(1.0, 8.0),
-                            "kd_weight": tune.loguniform(0.1, 10.0)}, search_alg=searcher, num_samples=2)
-    run("grid-broken", "kd", {"epochs": 2, "seed": 0, "teacher_checkpoint": str(root / "missing-teacher.pt")})
-    (root / "spec.yaml").write_text(
-        "name: digits-study\ndata: {dataset: digits}\npairs: [{teacher: resnet20, student: resnet8}]\n"
-        "methods: [ce, kd]\nseeds: [0, 1]\nmetric: val/top1\nmode: max\n")
-    return root
+@pytest.fixture(scope="module")
+def budget_dir(studies: dict[str, Path]) -> Path:
+    return studies["budget"]
 
 
 def _results(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
 
 
-def _independent_cells(root: Path) -> dict[str, dict]:
-    """Per method, straight from the files: configs (params minus seed), the best on mean val, its test stats."""
-    groups: dict[tuple, dict] = {}
-    for params_file in root.glob("*/*/params.json"):
-        trial = params_file.parent
-        if (trial / "error.txt").exists():
-            continue
-        params = json.loads(params_file.read_text())
-        rows = _results(trial)
-        if not rows or rows[-1]["epoch"] != params["epochs"]:
-            continue
-        method = trial.name.split("_")[0]
-        key = (method, tuple(sorted((k, str(v)) for k, v in params.items() if k not in ("seed", "teacher_checkpoint"))))
-        entry = groups.setdefault(key, {"val": [], "test": [], "trials": []})
-        entry["val"].append(rows[-1]["val/top1"])
-        entry["test"].append(rows[-1]["test/top1"])
-    best: dict[str, dict] = {}
-    for (method, _), entry in groups.items():
-        if method not in best or statistics.fmean(entry["val"]) > statistics.fmean(best[method]["val"]):
-            best[method] = entry
-    return best
+def _last(stage: Path, metric: str) -> list[float]:
+    """The last reported ``metric`` of every trial folder of a stage, straight from result.json."""
+    return [_results(p.parent)[-1][metric] for p in sorted(stage.glob("*/params.json"))]
 
 
 # -- loading ----------------------------------------------------------------------------------------------------
@@ -109,79 +93,98 @@ def test_analysis_never_imports_ray_or_trainables(study_dir: Path, tmp_path: Pat
     assert (tmp_path / "out" / "report.html").is_file()
 
 
-def test_trials_table_states_and_history(study_dir: Path) -> None:
+def test_trials_table_states_and_history(study_dir: Path, budget_dir: Path) -> None:
     study = load_study(study_dir)
-    trials = study.trials.set_index("trial_name")
-    assert len(trials) == 2 + 2 + 2 + 1
-    assert set(trials["method"]) == {"ce", "kd"}
-    broken = trials[trials["experiment"] == "grid-broken"]
-    assert list(broken["state"]) == ["errored"]
-    assert "CheckpointError" in broken["error"].iloc[0] and "missing-teacher.pt" in broken["error"].iloc[0]
-    ok = trials[trials["experiment"] != "grid-broken"]
-    assert set(ok["state"]) == {"terminated"} and ok["completed"].all()
-    assert sorted(ok[ok["experiment"] == "grid-ce"]["seed"]) == [0, 1]
+    trials = study.trials
+    assert len(trials) == 8 and set(trials["state"]) == {"terminated"} and trials["completed"].all()
+    assert sorted(trials["experiment"].unique()) == ["final-ce", "final-kd", "search-ce", "search-kd"]
+    assert dict(zip(trials["experiment"], trials["stage_kind"])) == {
+        "search-ce": "search", "final-ce": "final", "search-kd": "search", "final-kd": "final"}
+    assert trials.groupby("method").size().to_dict() == {"ce": 4, "kd": 4}
+    assert set(trials["pair"]) == {PAIR}
+    assert sorted(trials[trials["experiment"] == "final-kd"]["seed"]) == [0, 1]
     assert study.optuna_dbs == [study_dir / "optuna.db"] and study.spec["name"] == "digits-study"
-    # history: one row per reported epoch, values as in result.json
-    for name, row in ok.iterrows():
+    for _, row in trials.iterrows():  # history: one row per reported epoch, values as in result.json
         rows = _results(Path(row["trial_dir"]))
         hist = study.history[study.history["trial_id"] == row["trial_id"]].sort_values("epoch")
-        assert list(hist["epoch"]) == [r["epoch"] for r in rows], name
+        assert list(hist["epoch"]) == [r["epoch"] for r in rows] == [1, 2]
         assert np.allclose(hist["val/top1"], [r["val/top1"] for r in rows])
         assert row["test/top1"] == pytest.approx(rows[-1]["test/top1"])
     assert {"train/loss_ce", "train/loss_kd", "teacher_calls"} <= set(study.history.columns)
-    assert set(study.knobs()) >= {"temperature", "kd_weight", "epochs"}
+    assert {"temperature", "kd_weight", "lr"} <= set(study.knobs()) and "seed" not in study.knobs()
+
+    budget = load_study(budget_dir).trials.set_index("config/teacher_budget")
+    assert budget.loc[1, "state"] == "errored" and budget.loc[5000, "state"] == "terminated"
+    assert "TeacherBudgetExceeded" in budget.loc[1, "error"] and "budget of 1 images" in budget.loc[1, "error"]
 
 
 # -- tables -----------------------------------------------------------------------------------------------------
 def test_table1_matches_trials_own_results(study_dir: Path, tmp_path: Path) -> None:
-    study = load_study(study_dir)
-    table = table1_methods_by_pair(study)
-    assert isinstance(table, Table)
-    expected = _independent_cells(study_dir)
-    assert set(expected) == {"ce", "kd"}
-    col = "resnet20 → resnet8"
-    assert table.columns == [col] and table.rows == ["ce", "kd"]
-    for method, entry in expected.items():
-        cell = table.cells[(method, col)]
-        assert cell.stat.n == len(entry["test"])
-        assert cell.stat.mean == pytest.approx(statistics.fmean(entry["test"]))
-        if len(entry["test"]) > 1:
-            assert cell.stat.std == pytest.approx(statistics.stdev(entry["test"]))
-        assert cell.selection.val.mean == pytest.approx(statistics.fmean(entry["val"]))
-        assert cell.paper is None  # digits pair: not a paper pair
-    means = {m: table.cells[(m, col)].stat.mean for m in ("ce", "kd")}
-    winner = max(means, key=means.get)
-    assert table.cells[(winner, col)].best and not table.cells[({"ce", "kd"} - {winner}).pop(), col].best
+    """Cells are the final stages' seeds (the study's selection on val), recomputed here from result.json."""
+    table = table1_methods_by_pair(load_study(study_dir))
+    assert isinstance(table, Table) and table.columns == [PAIR] and table.rows == ["ce", "kd"]
+    expected = {}
+    for method in ("ce", "kd"):
+        test, val = _last(study_dir / f"final-{method}", "test/top1"), _last(study_dir / f"final-{method}", "val/top1")
+        expected[method] = statistics.fmean(test)
+        cell = table.cells[(method, PAIR)]
+        assert cell.stat.n == 2
+        assert cell.stat.mean == pytest.approx(statistics.fmean(test))
+        assert cell.stat.std == pytest.approx(statistics.stdev(test))
+        assert cell.selection.val.mean == pytest.approx(statistics.fmean(val))
+        assert cell.paper is None  # a digits pair is not a paper pair
+    winner = max(expected, key=expected.get)
+    loser = ({"ce", "kd"} - {winner}).pop()
+    assert table.cells[(winner, PAIR)].best and not table.cells[(loser, PAIR)].best
 
     report = build_report(study_dir, tmp_path)
-    csv = pd.read_csv(tmp_path / "tables" / "table1_methods_by_pair.csv")
-    for method, entry in expected.items():
-        row = csv[csv["row"] == method].iloc[0]
-        assert row["mean"] == pytest.approx(statistics.fmean(entry["test"]))
-        assert int(row["n"]) == len(entry["test"])
-        assert bool(row["best"]) == (method == winner)
-    md = (tmp_path / "tables" / "table1_methods_by_pair.md").read_text()
-    assert f"**{table.cells[(winner, col)].text()}**" in md
-    tex = (tmp_path / "tables" / "table1_methods_by_pair.tex").read_text()
-    assert all(rule in tex for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\textbf{"))
-    assert r"$\pm$" in tex and r"$\to$" in tex
     assert report == tmp_path / "report.html"
+    csv = pd.read_csv(tmp_path / "tables" / "table1_methods_by_pair.csv").set_index("row")
+    for method, mean in expected.items():
+        assert csv.loc[method, "mean"] == pytest.approx(mean) and csv.loc[method, "n"] == 2
+        assert bool(csv.loc[method, "best"]) == (method == winner)
+        assert csv.loc[method, "std"] == pytest.approx(statistics.stdev(_last(study_dir / f"final-{method}",
+                                                                              "test/top1")))
+    md = (tmp_path / "tables" / "table1_methods_by_pair.md").read_text()
+    assert f"**{table.cells[(winner, PAIR)].text()}**" in md
+    tex = (tmp_path / "tables" / "table1_methods_by_pair.tex").read_text()
+    assert all(rule in tex for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\textbf{", r"$\pm$", r"$\to$"))
 
 
-def test_best_per_method_and_search_table(study_dir: Path) -> None:
+def test_selection_on_validation_without_a_final_stage(study_dir: Path) -> None:
+    """Among searched configurations (one seed each), the best val/top1 wins; its test is reported."""
+    study = load_study(study_dir)
+    search = study.trials[study.trials["stage_kind"] == "search"]
+    for method in ("ce", "kd"):
+        stage = study_dir / f"search-{method}"
+        vals, tests = _last(stage, "val/top1"), _last(stage, "test/top1")
+        sel = select(search[search["method"] == method])
+        best = max(range(len(vals)), key=lambda i: vals[i])
+        assert sel.val.mean == pytest.approx(vals[best]) and sel.val.n == 1
+        assert sel.report["test/top1"].mean == pytest.approx(tests[best])
+        assert sel.n_configs == 2
+
+
+def test_best_per_method_and_search_table(study_dir: Path, budget_dir: Path) -> None:
     tables = {t.key: t for t in build_tables(load_study(study_dir))}
     best = tables["best_per_method"].to_frame().set_index("method")
-    expected = _independent_cells(study_dir)
-    for method, entry in expected.items():
-        assert best.loc[method, "test_top1_mean"] == pytest.approx(statistics.fmean(entry["test"]))
-        assert best.loc[method, "val_mean"] == pytest.approx(statistics.fmean(entry["val"]))
-    assert best.loc["kd", "configs compared"] == 3  # the grid config and 2 searched ones
+    for method in ("ce", "kd"):
+        test = _last(study_dir / f"final-{method}", "test/top1")
+        assert best.loc[method, "test_top1_mean"] == pytest.approx(statistics.fmean(test))
+        assert best.loc[method, "n"] == 2
     search = tables["search_top_configs"].to_frame()
-    assert (search["method"] == "kd").sum() == 3
-    assert list(search["val top-1 (%)"]) == sorted(search["val top-1 (%)"], reverse=True)
+    assert search.groupby("method").size().to_dict() == {"ce": 2, "kd": 2}
+    for _, group in search.groupby("method"):
+        assert list(group["val top-1 (%)"]) == sorted(group["val top-1 (%)"], reverse=True)
     for key in ("table2_connector_depth", "table3_ablation", "table4_imagenet", "table5_teacher_head",
                 "online_vs_offline", "ckd_budget"):
         assert isinstance(tables[key], Skipped) and tables[key].reason
+
+    budget = {t.key: t for t in build_tables(load_study(budget_dir))}["ckd_budget"]
+    assert isinstance(budget, Table) and budget.rows == ["5000 images"] and budget.columns == ["kd"]
+    finished = [p.parent for p in (budget_dir / "grid-kd").glob("*/params.json")
+                if not (p.parent / "error.txt").exists()]
+    assert budget.cells[("5000 images", "kd")].stat.mean == pytest.approx(_results(finished[0])[-1]["test/top1"])
 
 
 def _as_paper_pair(study, teacher: str, student: str, dataset: str):
@@ -280,7 +283,9 @@ def _assert_png_with_data(path: Path) -> None:
 def test_every_figure_is_a_png_with_data(study_dir: Path, tmp_path: Path) -> None:
     results = build_figures(load_study(study_dir), tmp_path)
     drawn = {r.key: r for r in results if isinstance(r, FigureResult)}
-    assert {"accuracy_curves", "loss_terms", "search_history", "search_importance", "search_params"} <= set(drawn)
+    assert {"accuracy_curves", "loss_terms"} <= set(drawn)
+    for i in (1, 2):  # one Optuna study per search stage (search-ce, search-kd)
+        assert {f"search_history_{i}", f"search_importance_{i}", f"search_params_{i}"} <= set(drawn)
     for fig in drawn.values():
         _assert_png_with_data(fig.path)
         assert fig.title and fig.caption
@@ -308,26 +313,30 @@ def test_bound_and_sc_curves_drawn_when_logged(study_dir: Path, tmp_path: Path) 
 
 
 # -- reports ------------------------------------------------------------------------------------------------------
-def test_report_with_errored_trial(study_dir: Path, tmp_path: Path) -> None:
-    html_path = build_report(study_dir, tmp_path)
+def test_report_with_errored_trial(budget_dir: Path, tmp_path: Path) -> None:
+    html_path = build_report(budget_dir, tmp_path)
     md = (tmp_path / "report.md").read_text()
     html = html_path.read_text()
     for text in ("## Spec", "## Trials by state", "## Best configuration per method", "## Tables", "## Figures",
-                 "## Errored trials", "## Not available in this study", "name: digits-study"):
+                 "## Errored trials", "## Not available in this study", "name: budget-study"):
         assert text in md, text
-    assert "CheckpointError: teacher checkpoint not found" in md and "missing-teacher.pt" in md
-    assert "| kd | 4 | 1 | 5 |" in md  # kd: 4 terminated, 1 errored
+    assert "TeacherBudgetExceeded: teacher call budget of 1 images exceeded" in md
+    assert "| kd | 1 | 1 | 2 |" in md  # kd: 1 terminated, 1 errored
+    assert "Accuracy vs teacher-call budget" in md
     figures = sorted((tmp_path / "figures").glob("*.png"))
-    assert len(figures) >= 5
+    assert {"accuracy_curves.png", "budget_accuracy.png"} <= {p.name for p in figures}
     assert html.count("src='data:image/png;base64,") == len(figures)
     assert "<img src='figures" not in html  # no external image links
     assert all(f"figures/{p.name}" in md for p in figures)
+    assert html.count("TeacherBudgetExceeded") == 1  # in the errored-trials table
 
 
 def _copy_as_running(src: Path, dst: Path) -> Path:
-    """A copy of the study as it looked mid-run: one kd trial at epoch 1 of 2, the other not started."""
+    """A copy of the study as it looked mid-run: in final-kd one trial at epoch 1 of 2, the other not started."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoint_*"))
-    exp = dst / "grid-kd"
+    for stale in ("report.md", "report.html", "figures", "tables"):
+        shutil.rmtree(dst / stale, ignore_errors=True) if (dst / stale).is_dir() else (dst / stale).unlink(True)
+    exp = dst / "final-kd"
     state_file = sorted(exp.glob("experiment_state-*.json"))[-1]
     state = json.loads(state_file.read_text())
     names = []
@@ -349,20 +358,20 @@ def _copy_as_running(src: Path, dst: Path) -> Path:
 def test_report_for_a_study_still_running(study_dir: Path, tmp_path: Path) -> None:
     running_dir = _copy_as_running(study_dir, tmp_path / "running")
     study = load_study(running_dir)
-    kd_grid = study.trials[study.trials["experiment"] == "grid-kd"].sort_values("state")
-    assert list(kd_grid["state"]) == ["pending", "running"]
-    running = kd_grid[kd_grid["state"] == "running"].iloc[0]
+    final_kd = study.trials[study.trials["experiment"] == "final-kd"].sort_values("state")
+    assert list(final_kd["state"]) == ["pending", "running"]
+    running = final_kd[final_kd["state"] == "running"].iloc[0]
     assert not running["completed"] and running["n_reports"] == 1 and math.isnan(running["test/top1"])
     assert not study.problems  # a half-written last line is expected while a trial runs
 
     html_path = build_report(running_dir)
     md = (running_dir / "report.md").read_text()
-    assert "Status: still running (2 of 7 trials not finished)" in md
+    assert "Status: still running (2 of 8 trials not finished)" in md
     assert "## Trials not finished yet" in md and "| pending |" in md and "| running |" in md
     assert "still running, paused or pending are not in this table yet" in md
-    table = table1_methods_by_pair(study)
-    assert set(table.cells[("kd", "resnet20 → resnet8")].selection.trial_ids) <= set(
-        study.trials[study.trials["experiment"] == "search-kd"]["trial_id"])
+    # until final-kd finishes, kd's cell is the searched configuration selected on val
+    kd = table1_methods_by_pair(study).cells[("kd", PAIR)].selection
+    assert set(kd.trial_ids) <= set(study.trials[study.trials["experiment"] == "search-kd"]["trial_id"])
     assert html_path.read_text().count("data:image/png;base64,") >= 4
 
 
