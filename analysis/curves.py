@@ -448,8 +448,7 @@ def _param_figure(ostudy: Any, complete: list, out_dir: Path, key: str, label: s
         xs = [x for x, _ in pts]
         if all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs):
             ax.scatter(xs, [y for _, y in pts], s=30)
-            if getattr(dist, "log", False):
-                ax.set_xscale("log")
+            _search_range(ax, dist)
         else:
             cats = sorted({str(x) for x in xs})
             ax.scatter([cats.index(str(x)) for x in xs], [y for _, y in pts], s=30)
@@ -462,6 +461,21 @@ def _param_figure(ostudy: Any, complete: list, out_dir: Path, key: str, label: s
     fig.suptitle(title)
     fig.tight_layout()
     return FigureResult(key, title, "One point per complete Optuna trial.", _save(fig, out_dir, key))
+
+
+def _search_range(ax: Any, dist: Any) -> None:
+    """Show the whole searched range (log axis for log-scale parameters) without cluttered minor labels."""
+    from matplotlib.ticker import NullFormatter
+
+    low, high = getattr(dist, "low", None), getattr(dist, "high", None)
+    if getattr(dist, "log", False):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        if low and high and low > 0:
+            ax.set_xlim(low / 1.15, high * 1.15)
+    elif low is not None and high is not None and high > low:
+        pad = 0.04 * (high - low)
+        ax.set_xlim(low - pad, high + pad)
 
 
 FIGURES: tuple[Callable[[Study, Path], list[FigureResult | Skipped]], ...] = (

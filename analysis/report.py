@@ -73,8 +73,8 @@ class _Doc:
     def code(self, text: str, lang: str = "", summary: str | None = None) -> None:
         self.md.append(f"```{lang}\n{text.rstrip()}\n```\n")
         block = f"<pre><code>{html.escape(text.rstrip())}</code></pre>"
-        self.html.append(f"<details open><summary>{html.escape(summary)}</summary>{block}</details>" if summary
-                         else block)
+        self.html.append(f"<details><summary>{html.escape(summary)} (click to show)</summary>{block}</details>"
+                         if summary else block)
 
     def figure(self, fig: FigureResult, rel: str) -> None:
         self.md.append(f"![{fig.title}]({rel})\n\n*{fig.caption}*\n")
@@ -230,7 +230,8 @@ def _clean(out: Path) -> None:
 def build_report(study_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write ``report.md``, ``report.html``, ``tables/`` and ``figures/`` for the study; return report.html's path.
 
-    ``out_dir`` defaults to the study dir. Works on finished, running and partly failed studies.
+    ``out_dir`` defaults to the study dir. Works on finished, running and partly failed studies. PNGs in
+    ``figures/`` and CSV/MD/TeX files in ``tables/`` of ``out_dir`` left by an earlier report are replaced.
     """
     study = load_study(study_dir)
     out = Path(out_dir).absolute() if out_dir is not None else study.root
