@@ -222,6 +222,56 @@ def test_paper_numbers_beside_measured_ones(study_dir: Path) -> None:
     assert not digits.has_paper and digits.paper_table is None
 
 
+def _final_as(study, method_map: dict[str, str], teacher: str, student: str, knob_methods=("ijckd", "simkd"),
+              **columns):
+    """The real final-stage trials relabelled in memory (methods, a paper pair, knob values by seed)."""
+    trials = study.trials[study.trials["stage_kind"] == "final"].copy()
+    trials["method"] = trials["method"].map(method_map)
+    trials["teacher"], trials["student"], trials["dataset"] = teacher, student, "cifar100"
+    trials["pair"] = f"{teacher} → {student}"
+    for key, by_seed in columns.items():
+        trials[f"config/{key}"] = [by_seed[int(seed)] if m in knob_methods else None
+                                   for seed, m in zip(trials["seed"], trials["method"])]
+    study.trials = trials.reset_index(drop=True)
+    return study
+
+
+def test_knob_layouts_on_relabelled_trials(study_dir: Path) -> None:
+    """Tables 2, 3, 5 and online/offline lay out real trials by knob value, with the paper's numbers."""
+    from analysis.tables import online_vs_offline, table2_connector_depth, table3_ablation, table5_teacher_head
+
+    col = "resnet32x4 → resnet8x4"
+    kd_test = dict(zip((0, 1), _last(study_dir / "final-kd", "test/top1")))
+    seeds = sorted(int(json.loads(p.read_text())["seed"]) for p in (study_dir / "final-kd").glob("*/params.json"))
+    kd_by_seed = dict(zip(seeds, _last(study_dir / "final-kd", "test/top1")))
+
+    t2 = table2_connector_depth(_final_as(load_study(study_dir), {"ce": "simkd", "kd": "ijckd"}, "resnet32x4",
+                                          "resnet8x4", connector_depth={0: 1, 1: 3}))
+    assert isinstance(t2, Table) and t2.rows == ["1: 1x1", "3: 1x1-3x3-1x1"] and t2.columns == ["simkd", "ijckd"]
+    assert t2.cells[("3: 1x1-3x3-1x1", "ijckd")].paper == 77.76 and t2.cells[("1: 1x1", "simkd")].paper == 75.91
+    assert t2.cells[("3: 1x1-3x3-1x1", "ijckd")].stat.mean == pytest.approx(kd_by_seed[1])
+
+    t3 = table3_ablation(_final_as(load_study(study_dir), {"ce": "teacher_head", "kd": "ijckd"}, "resnet32x4",
+                                   "resnet8x4", alpha_ce={0: 0.1, 1: 0.5}))
+    assert isinstance(t3, Table) and t3.rows == ["α_ce = 0.1", "α_ce = 0.5", "ce_only (teacher_head)"]
+    assert [t3.cells[(r, col)].paper for r in t3.rows] == [76.36, 76.09, 74.46]
+    assert t3.cells[("α_ce = 0.1", col)].stat.mean == pytest.approx(kd_by_seed[0])
+    assert t3.cells[("ce_only (teacher_head)", col)].stat.n == 2
+
+    t5 = table5_teacher_head(_final_as(load_study(study_dir), {"ce": "ce", "kd": "teacher_head"}, "resnet32x4",
+                                       "resnet8x4"))
+    assert isinstance(t5, Table) and t5.rows == [col]
+    head, own = (t5.cells[(col, c)] for c in t5.columns)
+    assert (head.paper, own.paper) == (74.46, 72.50)
+    assert head.stat.mean == pytest.approx(statistics.fmean(kd_test.values()))
+
+    online = online_vs_offline(_final_as(load_study(study_dir), {"ce": "offline", "kd": "online"}, "resnet20",
+                                         "resnet8"))
+    assert isinstance(online, Table) and online.columns == ["offline", "online"]
+    assert online.cells[("resnet20 → resnet8", "online")].stat.mean == pytest.approx(
+        statistics.fmean(kd_test.values()))
+
+
 def test_paper_layouts_for_knob_tables() -> None:
     assert paper.table2("ijckd", 3, "resnet32x4", "resnet8x4") == 77.76
     assert paper.table2("simkd", 2, "wrn_40_2", "wrn_40_1") == 72.23
