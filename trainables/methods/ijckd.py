@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 
 from ..data import Batch
@@ -55,10 +56,21 @@ class IJCKD(SoftmaxRegressionMethod):
         mapped = self.to_teacher_space(self.student.forward_features(batch.x))
         logits = self.teacher.head(mapped)
         teacher_out = self.teacher(batch.x)
+        return StepResult(logits, self.loss_terms(logits, teacher_out.logits, batch.y, mapped, teacher_out.features))
+
+    def loss_terms(
+        self,
+        logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        target: torch.Tensor,
+        mapped: torch.Tensor | None = None,
+        teacher_features: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The weighted terms for student logits (through the teacher head) and the teacher's outputs."""
         terms = self.cfg["loss_combination"].split("+")
-        losses = {"ce": self.cfg["alpha_ce"] * F.cross_entropy(logits, batch.y)}
+        losses = {"ce": self.cfg["alpha_ce"] * F.cross_entropy(logits, target)}
         if "sr" in terms:
-            losses["sr"] = self.cfg["alpha"] * mse(logits, teacher_out.logits.to(logits.dtype), self.mse_reduction)
+            losses["sr"] = self.cfg["alpha"] * mse(logits, teacher_logits.to(logits.dtype), self.mse_reduction)
         if "fm" in terms:
-            losses["fm"] = self.cfg["beta"] * self.feature_loss(mapped, teacher_out.features)
-        return StepResult(logits, losses)
+            losses["fm"] = self.cfg["beta"] * self.feature_loss(mapped, teacher_features)
+        return losses

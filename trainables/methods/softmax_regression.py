@@ -227,9 +227,11 @@ class SoftmaxRegressionMethod(Method):
             expected = self.predict(batch.x).float().cpu()
             got = model(batch.x.float().cpu().contiguous())
         self.train(was_training)
-        if not torch.allclose(expected, got, rtol=1e-4, atol=1e-4):
-            diff = (expected - got).abs().max().item()
-            warnings.warn(f"exported model differs from evaluation by up to {diff:.3g}", stacklevel=2)
+        # loose on purpose: a GPU evaluates with TF32/cuDNN kernels, the export runs on the CPU
+        diff = (expected - got).abs().max().item()
+        scale = max(1.0, expected.abs().max().item())
+        if diff > 1e-2 * scale or (expected.argmax(1) != got.argmax(1)).float().mean().item() > 0.02:
+            warnings.warn(f"exported model differs from evaluation by up to {diff:.3g} in the logits", stacklevel=2)
 
 
 FAMILY_DEFAULTS: dict[str, Any] = {
