@@ -244,11 +244,16 @@ def _panels(study: Study, out_dir: Path, key: str, title: str, metrics: dict[str
             _epoch_axis(ax)
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
         for ax in list(axes.flat)[len(groups):]:
             ax.axis("off")
+        handles: dict[str, Any] = {}
+        for ax in axes.flat:  # one legend for all panels (same metrics, same colours), below them
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
         fig.suptitle(f"{title}{where}")
         fig.tight_layout()
+        fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=min(3, len(handles)), fontsize=8)
         name = f"{key}{suffix}"
         out.append(FigureResult(name, f"{title}{where}", caption + cut + _details(groups), _save(fig, out_dir, name)))
     return out or [Skipped(key, title, f"no trial reported {need}")]
