@@ -19,6 +19,7 @@ LOOP_DEFAULTS: dict[str, Any] = {
     "teacher": None,
     "teacher_checkpoint": None,
     "teacher_budget": None,
+    "teacher_cache_view": "clean",
     "epochs": 240,
     "batch_size": 64,
     "lr": None,
@@ -105,7 +106,11 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"lr must be > 0, got {out['lr']}")
     if float(out["weight_decay"]) < 0:
         raise ConfigError(f"weight_decay must be >= 0, got {out['weight_decay']}")
-    for key, allowed in (("amp", ("auto", "bf16", "off")), ("channels_last", ("auto", True, False))):
+    for key, allowed in (
+        ("amp", ("auto", "bf16", "off")),
+        ("channels_last", ("auto", True, False)),
+        ("teacher_cache_view", ("clean", "augmented")),
+    ):
         if out[key] not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got '{out[key]}'")
     method.validate_config(out)

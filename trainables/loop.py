@@ -186,6 +186,7 @@ def train_one_epoch(trial: Trial, epoch: int) -> dict[str, float]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
+    method.on_train_epoch_end(epoch)
     trial.scheduler.step()
     means = {name: float(value.item()) / max(seen, 1) for name, value in sums.items()}
     bad = [name for name, value in means.items() if not math.isfinite(value)]
