@@ -218,9 +218,9 @@ def train_one_epoch(trial: Trial, epoch: int) -> dict[str, float]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
-    method.on_train_epoch_end(epoch)
     trial.scheduler.step()
     watch.check(epoch, cfg)
+    method.on_train_epoch_end(epoch)
     means = {name: float(value.item()) / max(seen, 1) for name, value in sums.items()}
     metrics = {"train/loss": float(total_sum.item()) / max(seen, 1)}
     metrics.update({f"train/loss_{name}": value for name, value in means.items()})

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 
 from ..data import Batch
 from ..diagnostics.complexity import SC_KERNELS, ComplexityProbe, gram_memory_bytes
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..losses import kd_loss
-from ..models import load_checkpoint
+from ..models import CheckpointMismatchError, load_checkpoint
 from ..teacher import load_teacher_model
 from ..trajectory import TrajectoryPoint, list_trajectory, schedule_index, select_checkpoints
 from .base import Method, StepResult, check_choice, check_positive, register_method
@@ -164,7 +164,13 @@ class Online(TrajectoryDistillation):
         """Load m(epoch) into the frozen teacher (strict); recomputed from the epoch, so resume is exact."""
         index = self.scheduled_index(epoch)
         if index != self.loaded_index:
-            load_checkpoint(self.teacher.model, self.checkpoints[index].path, strict=True)
+            path = self.checkpoints[index].path
+            try:
+                load_checkpoint(self.teacher.model, path, strict=True)
+            except (CheckpointMismatchError, ValueError) as err:
+                raise CheckpointError(
+                    f"trajectory checkpoint {path} does not fit teacher '{self.cfg['teacher']}': {err}"
+                ) from err
             self.teacher.model.eval()
             self.loaded_index = index
 
