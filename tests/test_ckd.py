@@ -120,6 +120,7 @@ class StopAfter(RunDirReporter):
             raise KeyboardInterrupt("simulated preemption")
 
 
+@pytest.mark.slow
 def test_ckd_learns_on_300_images_within_a_300_call_budget(student_cfg: dict, tmp_path: Path) -> None:
     cfg = budget_cfg(student_cfg, "ckd", epochs=8, batch_size=32)
     first = StopAfter(tmp_path / "run", stop_after=3)

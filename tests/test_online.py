@@ -118,6 +118,7 @@ def test_resumed_online_trial_reloads_the_scheduled_checkpoint(student_cfg: dict
         assert b["val/top1"] == pytest.approx(a["val/top1"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_online_learns_on_digits_and_logs_supervision_complexity(student_cfg: dict, tmp_path: Path) -> None:
     source = Path(student_cfg["teacher_checkpoint"]).parent
     traj = tmp_path / "trajectory"  # a kept trajectory that starts at teacher epoch 3
@@ -144,6 +145,7 @@ def test_online_learns_on_digits_and_logs_supervision_complexity(student_cfg: di
     assert last["sc/random_labels"] > last["sc/labels"]
 
 
+@pytest.mark.slow
 def test_offline_learns_on_digits_with_the_final_teacher(student_cfg: dict) -> None:
     metrics = train({**student_cfg, "method": "offline", "sc_every": 3, "sc_n": 32, "sc_kernel": "sum"})
     assert metrics["val/top1"] > 30.0 and metrics["test/top1"] > 30.0
