@@ -37,6 +37,7 @@ LOOP_DEFAULTS: dict[str, Any] = {
     "channels_last": "auto",
     "compile": False,
     "gpu_memory_fraction": None,
+    "bound_metrics": True,
 }
 """Keys of the shared loop (see README "Config keys"); data keys live in ``trainables.data.DATA_KEYS``."""
 
@@ -110,6 +111,7 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         ("amp", ("auto", "bf16", "off")),
         ("channels_last", ("auto", True, False)),
         ("teacher_cache_view", ("clean", "augmented")),
+        ("bound_metrics", (True, False)),
     ):
         if out[key] not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got '{out[key]}'")

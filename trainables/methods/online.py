@@ -108,7 +108,10 @@ class TrajectoryDistillation(Method):
         return probe.metrics(self.student, targets, self.cfg["sc_kernel"], float(self.cfg["sc_ridge"]))
 
     def epoch_metrics(self, data: Any, epoch: int) -> dict[str, float]:
-        return self.complexity(data) if self._sc_due(epoch) else {}
+        metrics = super().epoch_metrics(data, epoch)  # the shared diagnostics (bound terms)
+        if self._sc_due(epoch):
+            metrics.update(self.complexity(data))
+        return metrics
 
 
 @register_method
