@@ -19,6 +19,7 @@ LOOP_DEFAULTS: dict[str, Any] = {
     "teacher": None,
     "teacher_checkpoint": None,
     "teacher_budget": None,
+    "teacher_cache_view": "clean",
     "epochs": 240,
     "batch_size": 64,
     "lr": None,
@@ -109,6 +110,7 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     for key, allowed in (
         ("amp", ("auto", "bf16", "off")),
         ("channels_last", ("auto", True, False)),
+        ("teacher_cache_view", ("clean", "augmented")),
         ("bound_metrics", (True, False)),
     ):
         if out[key] not in allowed:

@@ -89,6 +89,9 @@ class Method(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         """Called before each training epoch (0-based); e.g. online KD switches teacher checkpoints here."""
 
+    def on_train_epoch_end(self, epoch: int) -> None:
+        """Called after the epoch's last training step, before evaluation (e.g. CKD re-anchors its logits)."""
+
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         """Called after evaluation of each epoch; e.g. the teacher method saves its trajectory here."""
 
