@@ -5,8 +5,9 @@ resnet20 (the session teacher) -> resnet8:
 
 - ``digits-study``: ce and kd, each an Optuna search of 2 trials then the selected configuration re-run on
   seeds 0 and 1 (stages ``search-ce``, ``final-ce``, ``search-kd``, ``final-kd``), 2 epochs per trial.
-- ``budget-study``: a kd grid over ``teacher_budget`` [1, 5000] (1 epoch): the budget of 1 image is exceeded
-  by the first batch, so that trial errors; the other finishes.
+- ``budget-study``: kd under a teacher-call budget of 300 images (``train_subset`` 300), a grid over ``lr``
+  [0.05, 1e12] (2 epochs): the huge learning rate makes the loss non-finite at its second step, so that
+  trial errors; the other finishes.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def studies(tmp_path_factory: pytest.TempPathFactory, ray_session, digits_teache
         "main": _run_study(root, digits_teacher, name="digits-study", methods=["ce", "kd"], seeds=[0, 1],
                            config={"epochs": 2}, search={"trials": 2, "seed": 0}),
         "budget": _run_study(root, digits_teacher, name="budget-study", methods=["kd"], seeds=[0],
-                             config={"epochs": 1}, grid={"kd": {"teacher_budget": [1, 5000]}}),
+                             config={"epochs": 2}, method_config={"kd": {"teacher_budget": 300, "train_subset": 300}},
+                             grid={"kd": {"lr": [0.05, 1e12]}}),
     }
 
 
@@ -113,9 +115,9 @@ def test_trials_table_states_and_history(study_dir: Path, budget_dir: Path) -> N
     assert {"train/loss_ce", "train/loss_kd", "teacher_calls"} <= set(study.history.columns)
     assert {"temperature", "kd_weight", "lr"} <= set(study.knobs()) and "seed" not in study.knobs()
 
-    budget = load_study(budget_dir).trials.set_index("config/teacher_budget")
-    assert budget.loc[1, "state"] == "errored" and budget.loc[5000, "state"] == "terminated"
-    assert "TeacherBudgetExceeded" in budget.loc[1, "error"] and "budget of 1 images" in budget.loc[1, "error"]
+    budget = load_study(budget_dir).trials.set_index("config/lr")
+    assert budget.loc[1e12, "state"] == "errored" and budget.loc[0.05, "state"] == "terminated"
+    assert "NonFiniteLossError: non-finite loss" in budget.loc[1e12, "error"]
 
 
 # -- tables -----------------------------------------------------------------------------------------------------
@@ -181,10 +183,10 @@ def test_best_per_method_and_search_table(study_dir: Path, budget_dir: Path) -> 
         assert isinstance(tables[key], Skipped) and tables[key].reason
 
     budget = {t.key: t for t in build_tables(load_study(budget_dir))}["ckd_budget"]
-    assert isinstance(budget, Table) and budget.rows == ["5000 images"] and budget.columns == ["kd"]
+    assert isinstance(budget, Table) and budget.rows == ["300 images"] and budget.columns == ["kd"]
     finished = [p.parent for p in (budget_dir / "grid-kd").glob("*/params.json")
                 if not (p.parent / "error.txt").exists()]
-    assert budget.cells[("5000 images", "kd")].stat.mean == pytest.approx(_results(finished[0])[-1]["test/top1"])
+    assert budget.cells[("300 images", "kd")].stat.mean == pytest.approx(_results(finished[0])[-1]["test/top1"])
 
 
 def _as_paper_pair(study, teacher: str, student: str, dataset: str):
@@ -371,7 +373,7 @@ def test_report_with_errored_trial(budget_dir: Path, tmp_path: Path) -> None:
     for text in ("## Spec", "## Trials by state", "## Best configuration per method", "## Tables", "## Figures",
                  "## Errored trials", "## Not available in this study", "name: budget-study"):
         assert text in md, text
-    assert "TeacherBudgetExceeded: teacher call budget of 1 images exceeded" in md
+    assert "NonFiniteLossError: non-finite loss in term(s)" in md and "lr 1000000000000.0" in md
     assert "| kd | 1 | 1 | 2 |" in md  # kd: 1 terminated, 1 errored
     assert "Accuracy vs teacher-call budget" in md
     figures = sorted((tmp_path / "figures").glob("*.png"))
@@ -379,7 +381,7 @@ def test_report_with_errored_trial(budget_dir: Path, tmp_path: Path) -> None:
     assert html.count("src='data:image/png;base64,") == len(figures)
     assert "<img src='figures" not in html  # no external image links
     assert all(f"figures/{p.name}" in md for p in figures)
-    assert html.count("TeacherBudgetExceeded") == 1  # in the errored-trials table
+    assert html.count("NonFiniteLossError") == 1  # in the errored-trials table
 
 
 def _copy_as_running(src: Path, dst: Path) -> Path:
