@@ -19,6 +19,7 @@ LOOP_DEFAULTS: dict[str, Any] = {
     "teacher": None,
     "teacher_checkpoint": None,
     "teacher_budget": None,
+    "teacher_cache_view": "clean",
     "epochs": 240,
     "batch_size": 64,
     "lr": None,
@@ -36,6 +37,7 @@ LOOP_DEFAULTS: dict[str, Any] = {
     "channels_last": "auto",
     "compile": False,
     "gpu_memory_fraction": None,
+    "bound_metrics": True,
 }
 """Keys of the shared loop (see README "Config keys"); data keys live in ``trainables.data.DATA_KEYS``."""
 
@@ -105,7 +107,12 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"lr must be > 0, got {out['lr']}")
     if float(out["weight_decay"]) < 0:
         raise ConfigError(f"weight_decay must be >= 0, got {out['weight_decay']}")
-    for key, allowed in (("amp", ("auto", "bf16", "off")), ("channels_last", ("auto", True, False))):
+    for key, allowed in (
+        ("amp", ("auto", "bf16", "off")),
+        ("channels_last", ("auto", True, False)),
+        ("teacher_cache_view", ("clean", "augmented")),
+        ("bound_metrics", (True, False)),
+    ):
         if out[key] not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got '{out[key]}'")
     method.validate_config(out)

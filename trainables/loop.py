@@ -220,6 +220,7 @@ def train_one_epoch(trial: Trial, epoch: int) -> dict[str, float]:
     elapsed = time.perf_counter() - start
     trial.scheduler.step()
     watch.check(epoch, cfg)
+    method.on_train_epoch_end(epoch)
     means = {name: float(value.item()) / max(seen, 1) for name, value in sums.items()}
     metrics = {"train/loss": float(total_sum.item()) / max(seen, 1)}
     metrics.update({f"train/loss_{name}": value for name, value in means.items()})

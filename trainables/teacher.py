@@ -99,5 +99,10 @@ def load_teacher_model(arch: str, checkpoint: str | Path, num_classes: int) -> n
     if not path.is_file():
         raise CheckpointError(f"teacher checkpoint not found: {path} (teacher_checkpoint must name a file)")
     model = models.create(arch, num_classes=num_classes)
-    models.load_checkpoint(model, path, strict=True)
+    try:
+        models.load_checkpoint(model, path, strict=True)
+    except (models.CheckpointMismatchError, ValueError) as err:
+        raise CheckpointError(
+            f"teacher '{arch}' ({num_classes} classes) does not fit its checkpoint: {err}"
+        ) from err
     return model
