@@ -642,17 +642,12 @@ def _probe_shape(spec: Spec) -> tuple[int, int]:
     return SHAPES.get(dataset, (10, 32))
 
 
-def _probe_data(num_classes: int, side: int) -> Any:
-    """A random data set of the study's shape, for methods that look at the data when built.
-
-    512 images at CIFAR size (enough for subsets such as the 256 points of supervision complexity), 32 at
-    ImageNet size.
-    """
+def _probe_data(num_classes: int, side: int, n: int) -> Any:
+    """``n`` random images of the study's shape, for methods that look at the data when built."""
     import torch
 
     from trainables.data import DataBundle, TensorSplit
 
-    n = 512 if side <= 64 else 32
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, side, side), generator=g, dtype=torch.uint8)
     labels = torch.arange(n) % num_classes
@@ -662,6 +657,34 @@ def _probe_data(num_classes: int, side: int) -> Any:
 
 
 PROBE_SETTINGS = {"device": "cpu", "amp": "off", "channels_last": False, "compile": False, "teacher_budget": None}
+PROBE_SIZES = (32, 512)
+"""Probe data sizes: small first; a method that needs more data when built (e.g. the 256 points of
+supervision complexity) gets the larger set before its error counts."""
+
+
+def _probe_one(cls: Any, cfg: dict[str, Any], pair: Mapping[str, str], num_classes: int, side: int, n: int) -> None:
+    import torch
+
+    from trainables import models
+    from trainables.methods import MethodContext
+    from trainables.teacher import FrozenTeacher
+
+    data = _probe_data(num_classes, side, n)
+    batch = next(data.train.batches(2, shuffle=False, augment=False))
+    torch.manual_seed(0)
+    student = models.create(pair["student"], num_classes=num_classes)
+    teacher = FrozenTeacher(models.create(pair["teacher"], num_classes=num_classes)) if cls.needs_teacher else None
+    ctx = MethodContext(num_classes, (3, side, side), torch.device("cpu"), Path("/nonexistent"), int(cfg["epochs"]),
+                        extras={"data": data})
+    method = cls(student, teacher, cfg, ctx)
+    method.train()
+    method.on_epoch_start(0)
+    with torch.no_grad():
+        out = method.training_step(batch, 0)
+        method.eval()
+        logits = method.predict(batch.x)
+    if out.logits.shape[-1] != num_classes or logits.shape[-1] != num_classes:
+        raise ValueError(f"logits have {logits.shape[-1]} classes, expected {num_classes}")
 
 
 def probe_pairs(spec: Spec) -> None:
@@ -672,15 +695,11 @@ def probe_pairs(spec: Spec) -> None:
     """
     import torch
 
-    from trainables import models
     from trainables.config import resolve_config
     from trainables.errors import CheckpointError, DataRootError, TeacherBudgetExceeded
-    from trainables.methods import MethodContext, get_method
-    from trainables.teacher import FrozenTeacher
+    from trainables.methods import get_method
 
     num_classes, side = _probe_shape(spec)
-    data = _probe_data(num_classes, side)
-    batch = next(data.train.batches(2, shuffle=False, augment=False))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -695,30 +714,20 @@ def probe_pairs(spec: Spec) -> None:
                     cfg = resolve_config(cfg)
                 except ConfigError:
                     continue  # the real config was validated above; a probe-only setting must not fail it
-                try:
-                    torch.manual_seed(0)
-                    student = models.create(pair["student"], num_classes=num_classes)
-                    teacher = None
-                    if cls.needs_teacher:
-                        teacher = FrozenTeacher(models.create(pair["teacher"], num_classes=num_classes))
-                    ctx = MethodContext(num_classes, (3, side, side), torch.device("cpu"), Path("/nonexistent"),
-                                        int(cfg["epochs"]), extras={"data": data})
-                    method = cls(student, teacher, cfg, ctx)
-                    method.train()
-                    method.on_epoch_start(0)
-                    with torch.no_grad():
-                        out = method.training_step(batch, 0)
-                        method.eval()
-                        logits = method.predict(batch.x)
-                    if out.logits.shape[-1] != num_classes or logits.shape[-1] != num_classes:
-                        raise ValueError(f"logits have {logits.shape[-1]} classes, expected {num_classes}")
-                except (CheckpointError, DataRootError, FileNotFoundError, TeacherBudgetExceeded):
-                    continue
-                except Exception as err:  # noqa: BLE001 - anything else: this pair does not connect
-                    text = " ".join(str(err).split())[:300]
-                    raise SpecError(
-                        f"method '{m}' cannot connect teacher '{pair['teacher']}' to student '{pair['student']}': "
-                        f"{type(err).__name__}: {text}"
-                    ) from None
+                sizes = PROBE_SIZES if side <= 64 else PROBE_SIZES[:1]
+                for i, n in enumerate(sizes):
+                    try:
+                        _probe_one(cls, cfg, pair, num_classes, side, n)
+                        break
+                    except (CheckpointError, DataRootError, FileNotFoundError, TeacherBudgetExceeded):
+                        break
+                    except Exception as err:  # noqa: BLE001 - anything else: this pair does not connect
+                        if isinstance(err, ConfigError) and i + 1 < len(sizes):
+                            continue  # maybe the probe data was too small: try the larger set
+                        text = " ".join(str(err).split())[:300]
+                        raise SpecError(
+                            f"method '{m}' cannot connect teacher '{pair['teacher']}' to student "
+                            f"'{pair['student']}': {type(err).__name__}: {text}"
+                        ) from None
     finally:
         torch.set_num_threads(threads)
