@@ -96,6 +96,15 @@ def effective_resources(spec: Spec) -> dict[str, float]:
     return wanted
 
 
+def teacher_resources(spec: Spec, resources: dict[str, float]) -> dict[str, float]:
+    """Teachers are few and everything waits for them: spread the cluster's CPUs over them (at most 8 each)."""
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", resources["cpu"]))
+    share = min(8.0, max(1.0, float(int(cpus // max(1, len(spec.archs_to_train()))))))
+    return {**resources, "cpu": max(float(resources["cpu"]), share)}
+
+
 # -- creating and running -------------------------------------------------------------------------------------
 def init_study(spec: Spec, study_dir: Path) -> dict[str, Any]:
     """Create the study dir with ``spec.yaml`` and ``study.json`` (refuses an existing dir)."""
@@ -162,10 +171,13 @@ def best_trial(study_dir: Path, stage_name: str, metric: str, mode: str) -> dict
 def run_stages(spec: Spec, study_dir: Path, resources: dict[str, float], *, kinds: tuple[str, ...] | None = None,
                retry_errored: bool = False, verbose: int = 1, callbacks: list | None = None) -> dict[str, Any]:
     """Run every unfinished stage (optionally only some kinds) in order; returns the final manifest."""
+    import optuna
+
     from trainables.methods import get_method
 
     from . import tuner as tn
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     manifest = load_manifest(study_dir)
     metric, mode = spec.data["metric"], spec.data["mode"]
     for entry in manifest["stages"]:
@@ -192,6 +204,7 @@ def run_stages(spec: Spec, study_dir: Path, resources: dict[str, float], *, kind
                 raise StudyError(f"stage {stage.name} needs teacher(s) {', '.join(missing)}, which did not train; "
                                  f"see `python -m study status {study_dir}` and resume with --retry-errored")
         exp_dir = study_dir / stage.name
+        stage_resources = teacher_resources(spec, resources) if stage.kind == "teachers" else resources
         entry["status"] = "running"
         save_manifest(study_dir, manifest)
         restorable = tn.can_restore(study_dir, stage)
@@ -209,14 +222,14 @@ def run_stages(spec: Spec, study_dir: Path, resources: dict[str, float], *, kind
                 if stale:
                     print(f"   {stale} Optuna trial(s) left running by the dead driver marked failed", flush=True)
             _hide_orphans(exp_dir)
-            tuner = tn.restore_tuner(stage, study_dir, resources, retry_errored=bool(retry_errored))
+            tuner = tn.restore_tuner(stage, study_dir, stage_resources, retry_errored=bool(retry_errored))
         else:
             if exp_dir.exists():  # started but never snapshotted: start over
                 exp_dir.rename(study_dir / f".{stage.name}.abandoned-{int(time.time())}")
             if stage.kind == "search":
                 tn.forget_optuna_study(spec, stage, study_dir)
             print(f"== {stage.name}: {_describe(spec, stage)}", flush=True)
-            tuner = tn.build_tuner(spec, stage, study_dir, resources, trained=manifest["teachers"], best=best,
+            tuner = tn.build_tuner(spec, stage, study_dir, stage_resources, trained=manifest["teachers"], best=best,
                                    verbose=verbose, callbacks=callbacks)
         tuner.fit()
         if not _all_finished(exp_dir):
