@@ -84,7 +84,7 @@ def test_sigkill_of_the_driver_then_resume(tmp_path):
         "storage_path": str(tmp_path),
         "pairs": [{"teacher": "resnet8", "student": "resnet8"}],
         "methods": ["ce"],
-        "config": {"epochs": 2, "batch_size": 64},
+        "config": {"epochs": 2, "batch_size": 64, "train_subset": 512},
         "search": {"trials": 3, "seed": 0, "final": False},
         "resources": {"cpu": 1},
         "ray": {"num_cpus": 2},
@@ -169,7 +169,7 @@ def test_two_trial_study_on_a_two_node_cluster(tmp_path):
         "storage_path": str(tmp_path),
         "pairs": [{"teacher": "resnet8", "student": "resnet8"}],
         "methods": ["ce"],
-        "config": {"epochs": 1, "batch_size": 64},
+        "config": {"epochs": 1, "batch_size": 64, "train_subset": 256},
         "seeds": [0, 1],
         "resources": {"cpu": 1},
     }

@@ -1,5 +1,6 @@
 """Studies end to end on the shared local Ray (2 CPUs): an Optuna search of two methods, a grid with a teacher
-trained inside the study. Real Ray Tune, real Optuna (SQLite), real training on digits (1 epoch, resnet8).
+trained inside the study, failures, resuming from a stale snapshot. Real Ray Tune, real Optuna (SQLite), real
+training on digits (1-2 epochs, resnet8, 256 training images).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def search_study(ray_session, digits_teacher, tmp_path_factory):
             "teacher": {"train": False, "checkpoints": {digits_teacher["arch"]: digits_teacher["checkpoint"]}},
             "pairs": [{"teacher": digits_teacher["arch"], "student": "resnet8"}],
             "methods": ["ce", "kd"],
-            "config": {"epochs": 1, "batch_size": 64},
+            "config": {"epochs": 1, "batch_size": 64, "train_subset": 256},
             "seeds": [0],
             "search": {"trials": 2, "seed": 0},
             "resources": {"cpu": 1},
@@ -112,7 +113,7 @@ def test_grid_study_with_a_teacher_trained_first(ray_session, tmp_path, capsys):
             "teacher": {"train": True, "epochs": 1},
             "pairs": [{"teacher": "resnet8", "student": "resnet8"}, {"teacher": "resnet8", "student": "resnet14"}],
             "methods": ["kd"],
-            "config": {"epochs": 1, "batch_size": 64},
+            "config": {"epochs": 1, "batch_size": 64, "train_subset": 256},
             "grid": {"kd": {"temperature": [2.0, 4.0]}},
             "seeds": [0],
             "resources": {"cpu": 1},
@@ -159,7 +160,7 @@ def test_a_failing_trial_is_marked_and_the_study_goes_on(ray_session, tmp_path, 
             "storage_path": str(tmp_path),
             "pairs": [{"teacher": "resnet8", "student": "resnet8"}],
             "methods": ["ce"],
-            "config": {"epochs": 1, "batch_size": 64},
+            "config": {"epochs": 1, "batch_size": 64, "train_subset": 256},
             "grid": {"ce": {"lr": [0.05, 1.0e12]}},
             "max_failures": 0,
             "resources": {"cpu": 1, "gpu": 0.5},  # no GPU here: falls back to CPU with a warning
@@ -217,7 +218,7 @@ def test_resume_from_a_stale_snapshot_trains_no_epoch_twice(snapshot_at, ray_ses
             "storage_path": str(tmp_path),
             "pairs": [{"teacher": "resnet8", "student": "resnet8"}],
             "methods": ["ce"],
-            "config": {"epochs": 2, "batch_size": 64},
+            "config": {"epochs": 2, "batch_size": 64, "train_subset": 256},
             "resources": {"cpu": 1},
             "ray": {"num_cpus": 1},
         }
