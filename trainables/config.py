@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .data import DATA_KEYS, list_datasets
+from .device import validate_device_keys
 from .errors import ConfigError, did_you_mean, unknown_choice
 
 LOOP_DEFAULTS: dict[str, Any] = {
@@ -36,6 +37,8 @@ LOOP_DEFAULTS: dict[str, Any] = {
     "channels_last": "auto",
     "compile": False,
     "gpu_memory_fraction": None,
+    "teacher_cache": False,
+    "teacher_cache_dir": None,
 }
 """Keys of the shared loop (see README "Config keys"); data keys live in ``trainables.data.DATA_KEYS``."""
 
@@ -108,5 +111,31 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     for key, allowed in (("amp", ("auto", "bf16", "off")), ("channels_last", ("auto", True, False))):
         if out[key] not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got '{out[key]}'")
+    validate_device_keys(out)
+    _validate_teacher_cache(out, method)
     method.validate_config(out)
     return out
+
+
+def _validate_teacher_cache(out: Mapping[str, Any], method: Any) -> None:
+    """``teacher_cache`` serves teacher outputs by example index, which is only right without augmentation."""
+    value = out["teacher_cache"]
+    if not isinstance(value, bool):
+        raise ConfigError(f"teacher_cache must be true or false; got '{value}'")
+    if not value:
+        return
+    if not getattr(method, "uses_teacher_cache", False):
+        users = sorted(name for name, cls in _methods().items() if getattr(cls, "uses_teacher_cache", False))
+        raise ConfigError(
+            f"teacher_cache: true is not supported by method '{method.name}'; methods that use it: {', '.join(users)}"
+        )
+    if out["augment"]:
+        raise ConfigError(
+            "teacher_cache: true needs augment: false (cached teacher outputs are per image, not per augmentation)"
+        )
+
+
+def _methods() -> dict[str, Any]:
+    from .methods import METHODS
+
+    return METHODS

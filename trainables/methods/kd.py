@@ -19,6 +19,7 @@ class KD(Method):
     name = "kd"
     defaults = {"ce_weight": 1.0, "kd_weight": 1.0, "temperature": 4.0}
     summary = "Hinton KD: CE + T^2 KL(teacher || student)"
+    uses_teacher_cache = True
 
     @staticmethod
     def validate_config(cfg: Mapping[str, Any]) -> None:
@@ -36,4 +37,4 @@ class KD(Method):
 
     def teacher_logits(self, batch: Batch):
         """Teacher logits for this batch (a budgeted variant may serve them from a cache instead)."""
-        return self.teacher(batch.x).logits
+        return self.teacher.for_batch(batch).logits
