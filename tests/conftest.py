@@ -23,7 +23,14 @@ def digits_teacher(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     workdir = tmp_path_factory.mktemp("digits_teacher")
     metrics = train(
-        {"method": "teacher", "teacher": TEACHER_ARCH, "dataset": "digits", "epochs": TEACHER_EPOCHS, "seed": 0},
+        {
+            "method": "teacher",
+            "teacher": TEACHER_ARCH,
+            "dataset": "digits",
+            "epochs": TEACHER_EPOCHS,
+            "batch_size": 32,
+            "seed": 0,
+        },
         workdir=workdir,
     )
     trajectory = Path(workdir) / "trajectory"
@@ -44,6 +51,7 @@ def student_cfg(digits_teacher: dict) -> dict:
         "teacher_checkpoint": digits_teacher["checkpoint"],
         "student": "resnet8",
         "epochs": 3,
+        "batch_size": 32,
         "seed": 0,
     }
 

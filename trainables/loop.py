@@ -9,7 +9,6 @@ together with a checkpoint from which ``resume_from`` continues exactly.
 from __future__ import annotations
 
 import contextlib
-import math
 import tempfile
 import time
 from collections.abc import Mapping
@@ -178,6 +177,37 @@ def restore(trial: Trial, resume_from: str | Path) -> int:
     return int(state["epoch"])
 
 
+class NonFiniteWatch:
+    """Remember which loss terms were the first to turn NaN/inf, without a host sync per step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.names: list[str] = []
+        self.all_finite = torch.ones((), dtype=torch.bool, device=device)
+        self.first_bad: torch.Tensor | None = None
+        self.first_step = torch.zeros((), dtype=torch.long, device=device)
+        self.step = 0
+
+    def update(self, losses: dict[str, torch.Tensor]) -> None:
+        if not self.names:
+            self.names = list(losses)
+            self.first_bad = torch.zeros(len(self.names), dtype=torch.bool, device=self.all_finite.device)
+        bad_now = torch.stack([~torch.isfinite(v.detach()) for v in losses.values()])
+        newly = self.all_finite & bad_now.any()
+        self.first_bad = torch.where(newly, bad_now, self.first_bad)
+        self.first_step = torch.where(newly, torch.full_like(self.first_step, self.step), self.first_step)
+        self.all_finite = self.all_finite & ~bad_now.any()
+        self.step += 1
+
+    def check(self, epoch: int, cfg: Mapping[str, Any]) -> None:
+        if bool(self.all_finite.item()):
+            return
+        bad = [name for name, flag in zip(self.names, self.first_bad.tolist()) if flag]
+        raise NonFiniteLossError(
+            f"non-finite loss in term(s) {', '.join(bad)} at epoch {epoch + 1}, step {int(self.first_step) + 1} "
+            f"(method '{cfg['method']}', lr {cfg['lr']}); lower the lr or that term's weight"
+        )
+
+
 def train_one_epoch(trial: Trial, epoch: int, max_steps: int | None = None) -> dict[str, float]:
     """One pass over the training split; returns mean loss terms, train top-1 and throughput.
 
@@ -188,6 +218,7 @@ def train_one_epoch(trial: Trial, epoch: int, max_steps: int | None = None) -> d
     method.on_epoch_start(epoch)
     generator = ckpt.epoch_generator(int(cfg["seed"]), epoch)
     sums: dict[str, torch.Tensor] = {}
+    watch = NonFiniteWatch(device)
     total_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
@@ -205,6 +236,7 @@ def train_one_epoch(trial: Trial, epoch: int, max_steps: int | None = None) -> d
         loss.backward()
         trial.optimizer.step()
         n = int(batch.y.shape[0])
+        watch.update(result.losses)
         for name, value in result.losses.items():
             sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float() * n
         total_sum += loss.detach().float() * n
@@ -214,13 +246,8 @@ def train_one_epoch(trial: Trial, epoch: int, max_steps: int | None = None) -> d
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
     trial.scheduler.step()
+    watch.check(epoch, cfg)
     means = {name: float(value.item()) / max(seen, 1) for name, value in sums.items()}
-    bad = [name for name, value in means.items() if not math.isfinite(value)]
-    if bad:
-        raise NonFiniteLossError(
-            f"non-finite loss in term(s) {', '.join(bad)} at epoch {epoch + 1} "
-            f"(method '{cfg['method']}', lr {cfg['lr']}); lower the lr or the term's weight"
-        )
     metrics = {"train/loss": float(total_sum.item()) / max(seen, 1)}
     metrics.update({f"train/loss_{name}": value for name, value in means.items()})
     metrics["train/top1"] = 100.0 * float(correct.item()) / max(seen, 1)

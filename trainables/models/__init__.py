@@ -3,7 +3,18 @@
 Importing the architecture modules below fills the registry as a side effect.
 """
 
-from . import cifar_resnet, cifar_wrn  # noqa: F401  (registers models)
+# Architecture modules register their models on import.
+from . import (  # noqa: F401
+    cifar_mobilenetv2,
+    cifar_resnet,
+    cifar_resnet50,
+    cifar_shufflenetv1,
+    cifar_shufflenetv2,
+    cifar_vgg,
+    cifar_wrn,
+    imagenet_mobilenetv1,
+    imagenet_resnet,
+)
 from .base import ZooModel
 from .checkpoint import CheckpointMismatchError, load_checkpoint
 from .registry import create, is_imagenet_model, list_models, register_model

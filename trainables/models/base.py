@@ -26,7 +26,13 @@ class ZooModel(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def forward_stages(self, x: Tensor) -> list[Tensor]:
-        """Return ``[stem, stage1, ..., stageN]`` outputs; the last one is what the head pools."""
+        """Return ``[stem, stage1, ..., stageN]`` feature maps, each ``(B, C, H, W)``.
+
+        Indices follow RepDistiller's ``feats`` list, so its FitNet default (hint layer 2) names
+        the same middle-stage map. The last entry is always what the head pools, which for WRN
+        (final BN-ReLU), MobileNetV2 and ShuffleV2 (1x1 head conv) goes one step past
+        RepDistiller's last tap.
+        """
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Final feature map ``(B, C, H, W)`` before pooling."""

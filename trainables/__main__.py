@@ -1,0 +1,51 @@
+"""``python -m trainables key=value ... --out DIR``: one trial without Ray, for debugging.
+
+Values are parsed as YAML scalars (``epochs=3``, ``amp=off``, ``lr_milestones=[2,4]``). ``--resume``
+continues from ``DIR/checkpoint`` when it exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from .errors import PlatformError
+from .loop import train
+from .reporting import RunDirReporter
+
+
+def parse_assignments(items: list[str]) -> dict:
+    cfg = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"expected key=value, got '{item}'")
+        cfg[key.strip()] = yaml.safe_load(value)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainables", description=__doc__)
+    parser.add_argument("assignments", nargs="*", help="config key=value pairs (see README 'Config keys')")
+    parser.add_argument("--out", default="runs/debug", help="run folder (metrics, checkpoint, artifacts)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    args = parser.parse_args(argv)
+    cfg = parse_assignments(args.assignments)
+    out = Path(args.out).absolute()
+    reporter = RunDirReporter(out)
+    resume = reporter.checkpoint_dir if args.resume and reporter.checkpoint_dir.exists() else None
+    try:
+        final = train(cfg, reporter=reporter, resume_from=resume, workdir=out)
+    except PlatformError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in final.items() if not k.startswith("train/loss_")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
