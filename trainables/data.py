@@ -136,6 +136,15 @@ class TensorSplit(Split):
     def device(self) -> torch.device:
         return self.images.device
 
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """Per-channel normalisation mean (what ``transforms.Normalize`` would be given)."""
+        return tuple(float(v) for v in self._mean.flatten().tolist())
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self._std.flatten().tolist())
+
     def to(self, device: torch.device | str) -> TensorSplit:
         """Move the whole split to ``device`` once; batches are then cut and augmented there."""
         self.images = self.images.to(device)

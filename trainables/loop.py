@@ -9,6 +9,7 @@ together with a checkpoint from which ``resume_from`` continues exactly.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import tempfile
 import time
 from collections.abc import Mapping
@@ -223,12 +224,10 @@ def train_one_epoch(trial: Trial, epoch: int, max_steps: int | None = None) -> d
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     start = time.perf_counter()
-    for step, batch in enumerate(
-        trial.data.train.batches(int(cfg["batch_size"]), shuffle=True, augment=bool(cfg["augment"]),
-                                 generator=generator)
-    ):
-        if max_steps is not None and step >= max_steps:
-            break
+    batches = trial.data.train.batches(
+        int(cfg["batch_size"]), shuffle=True, augment=bool(cfg["augment"]), generator=generator
+    )
+    for batch in itertools.islice(batches, max_steps):
         with _autocast(device, trial.amp_dtype):
             result = trial.step_fn(batch, epoch)
         loss = sum(result.losses.values())
