@@ -14,8 +14,10 @@ per second of each and their ratio (``--json`` for a machine-readable line).
   ``loss.item()`` per step for the running-average meter.
 
 Each loop first runs ``--warmup`` steps (one-time costs: worker start, cuDNN autotuning, compilation),
-then times up to ``--steps`` steps, fewer when the warm-up says they would exceed ``--max-seconds``.
-Only training steps are timed (no evaluation).
+then times up to ``--steps`` steps in chunks, stopping early rather than run past ``--max-seconds``.
+By default the two loops' chunks alternate (``--order interleaved``), so a machine whose load changes
+during the run slows both alike; ``--order sequential`` times one loop after the other. Only training
+steps are timed (no evaluation).
 
 ``--pack N`` measures packing through Ray instead: N concurrent trials at ``gpu: 1/N`` (and ``cpu:
 cores/N``) against one trial holding the whole GPU, for both loops; trials start their timed steps
@@ -57,7 +59,7 @@ class Settings:
     batch_size: int = 64
     steps: int = 8
     warmup: int = 1
-    max_seconds: float = 30.0
+    max_seconds: float = 20.0
     device: str = "auto"
     amp: str = "auto"
     channels_last: str | bool = "auto"
@@ -145,11 +147,17 @@ def trial_config(settings: Settings, teacher_file: Path) -> dict[str, Any]:
     return cfg
 
 
-def plan_steps(settings: Settings, step_seconds: float) -> int:
-    """Timed steps: ``--steps``, fewer when the warm-up's step time says they would overrun ``--max-seconds``."""
-    if step_seconds <= 0 or not math.isfinite(step_seconds):
-        return settings.steps
-    return max(1, min(settings.steps, int(settings.max_seconds / step_seconds)))
+class Runner:
+    """One loop ready to train: ``run(k)`` trains k steps and waits for the device; ``close()`` frees it."""
+
+    loop: str = ""
+    details: dict[str, Any]
+
+    def run(self, k: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release temporary folders and worker processes."""
 
 
 def _sync(device: torch.device) -> None:
@@ -157,28 +165,58 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-# -- the platform loop ------------------------------------------------------------------------------------
-def measure_platform(
-    settings: Settings, teacher_file: Path, barrier: Callable[[], None] | None = None
-) -> Measurement:
-    """Images/s of ``train_one_epoch`` (the trials' own code path) on a trial built by ``build_trial``."""
-    from trainables.loop import build_trial, train_one_epoch
+class Clock:
+    """Timed chunks of one runner: stops at ``--steps`` or before a chunk would end past ``--max-seconds``.
 
-    with tempfile.TemporaryDirectory(prefix="kd-bench-") as workdir:
-        trial = build_trial(trial_config(settings, teacher_file), workdir=Path(workdir))
-        warm = []
-        for epoch in range(settings.warmup):  # one step per call: the fastest one estimates a step
-            t0 = time.perf_counter()
-            train_one_epoch(trial, epoch, max_steps=1)
-            warm.append(time.perf_counter() - t0)
-        steps = plan_steps(settings, min(warm) if warm else float("nan"))
-        if barrier is not None:
-            barrier()
-        _sync(trial.device)
-        t_start, t0 = time.time(), time.perf_counter()
-        train_one_epoch(trial, settings.warmup, max_steps=steps)  # ends with a device sync
-        seconds = time.perf_counter() - t0
-        details = {
+    Chunks are a tenth of ``--steps`` (one step with the CPU defaults): a host sync per chunk does not change
+    what a GPU measures, and a slow machine stops on time. At least one chunk is timed.
+    """
+
+    def __init__(self, runner: Runner, settings: Settings) -> None:
+        self.runner, self.settings = runner, settings
+        self.chunk = max(1, settings.steps // 10)
+        self.steps, self.seconds, self.last = 0, 0.0, 0.0
+        self.t_start = self.t_end = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.steps >= self.settings.steps or (
+            self.steps > 0 and self.seconds + self.last > self.settings.max_seconds
+        )
+
+    def tick(self) -> None:
+        if not self.steps:
+            self.t_start = time.time()
+        k = min(self.chunk, self.settings.steps - self.steps)
+        t0 = time.perf_counter()
+        self.runner.run(k)
+        self.last = time.perf_counter() - t0
+        self.seconds += self.last
+        self.steps += k
+        self.t_end = time.time()
+
+    def measurement(self) -> Measurement:
+        images = self.steps * self.settings.batch_size
+        return Measurement(
+            self.runner.loop, images, self.seconds, self.steps, self.t_start, self.t_end, self.runner.details
+        )
+
+
+# -- the platform loop ------------------------------------------------------------------------------------
+class PlatformRunner(Runner):
+    """``build_trial`` + ``train_one_epoch``, the trials' own code path; each chunk is a short epoch."""
+
+    loop = "platform"
+
+    def __init__(self, settings: Settings, teacher_file: Path) -> None:
+        from trainables.loop import build_trial, train_one_epoch
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="kd-bench-")
+        self.trial = build_trial(trial_config(settings, teacher_file), workdir=Path(self._tmp.name))
+        self._train_one_epoch = train_one_epoch
+        self._epoch = 0
+        trial = self.trial
+        self.details = {
             "device": str(trial.device),
             "amp": str(trial.amp_dtype).replace("torch.", "") if trial.amp_dtype else "off",
             "channels_last": trial.data.train.memory_format == torch.channels_last,
@@ -187,7 +225,13 @@ def measure_platform(
             "data": "device-resident uint8, augmented on the device",
             "threads": torch.get_num_threads(),
         }
-        return Measurement("platform", steps * settings.batch_size, seconds, steps, t_start, time.time(), details)
+
+    def run(self, k: int) -> None:
+        self._train_one_epoch(self.trial, self._epoch, max_steps=k)  # ends with a device sync
+        self._epoch += 1
+
+    def close(self) -> None:
+        self._tmp.cleanup()
 
 
 # -- the reference loop -----------------------------------------------------------------------------------
@@ -245,115 +289,156 @@ def _no_grad_teacher(model: torch.nn.Module) -> Any:
     return NoGradTeacher(model)
 
 
-def measure_reference(
-    settings: Settings, teacher_file: Path, barrier: Callable[[], None] | None = None
-) -> Measurement:
-    """Images/s of the plain DataLoader + PIL loop on the same method, images and device."""
-    from trainables import models
-    from trainables.config import resolve_config
-    from trainables.data import Batch, build_data
-    from trainables.device import resolve_device
-    from trainables.methods import MethodContext, get_method
-    from trainables.teacher import load_teacher_model
+class ReferenceRunner(Runner):
+    """The plain DataLoader + PIL loop on the same method, images and device (see the module docstring)."""
 
-    plain = {"amp": "off", "channels_last": False, "compile": False}
-    cfg = resolve_config({**trial_config(settings, teacher_file), **plain})
-    device = resolve_device(cfg)
-    data = build_data(cfg)
-    split = data.train
-    images = split.images.permute(0, 2, 3, 1).contiguous().numpy()
-    transform = reference_transform(split.mean, split.std, size=settings.image_size)
-    dataset = PilImages(images, split.labels.numpy(), transform)
-    workers = settings.workers if settings.workers is not None else default_workers()
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=settings.batch_size,
-        shuffle=True,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        drop_last=True,
-        generator=torch.Generator().manual_seed(settings.seed),
-    )
-    method_cls = get_method(cfg["method"])
-    torch.manual_seed(settings.seed)
-    teacher = None
-    if method_cls.needs_teacher:
-        teacher = _no_grad_teacher(load_teacher_model(cfg["teacher"], cfg["teacher_checkpoint"], data.num_classes))
-        teacher.to(device)
-    student = models.create(cfg[method_cls.model_key], num_classes=data.num_classes).to(device)
-    with tempfile.TemporaryDirectory(prefix="kd-bench-") as workdir:
+    loop = "reference"
+
+    def __init__(self, settings: Settings, teacher_file: Path) -> None:
+        from trainables import models
+        from trainables.config import resolve_config
+        from trainables.data import build_data
+        from trainables.device import resolve_device
+        from trainables.methods import MethodContext, get_method
+        from trainables.teacher import load_teacher_model
+
+        plain = {"amp": "off", "channels_last": False, "compile": False}
+        cfg = resolve_config({**trial_config(settings, teacher_file), **plain})
+        self.device = device = resolve_device(cfg)
+        data = build_data(cfg)
+        split = data.train
+        images = split.images.permute(0, 2, 3, 1).contiguous().numpy()
+        transform = reference_transform(split.mean, split.std, size=settings.image_size)
+        dataset = PilImages(images, split.labels.numpy(), transform)
+        data.to(device)  # only for methods that look at ctx.extras["data"]; the loop reads the DataLoader
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # as the reference codebases set it
+        workers = settings.workers if settings.workers is not None else default_workers()
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=settings.batch_size,
+            shuffle=True,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            drop_last=True,
+            generator=torch.Generator().manual_seed(settings.seed),
+        )
+        method_cls = get_method(cfg["method"])
+        torch.manual_seed(settings.seed)
+        teacher = None
+        if method_cls.needs_teacher:
+            model = load_teacher_model(cfg["teacher"], cfg["teacher_checkpoint"], data.num_classes)
+            teacher = _no_grad_teacher(model).to(device)
+        student = models.create(cfg[method_cls.model_key], num_classes=data.num_classes).to(device)
+        self._tmp = tempfile.TemporaryDirectory(prefix="kd-bench-")
         ctx = MethodContext(
             num_classes=data.num_classes,
             input_shape=data.input_shape,
             device=device,
-            workdir=Path(workdir),
+            workdir=Path(self._tmp.name),
             epochs=int(cfg["epochs"]),
             extras={"data": data},
         )
-        method = method_cls(student, teacher, cfg, ctx).to(device)
-        optimizer = torch.optim.SGD(
-            method.trainable_parameters(),
+        self.method = method_cls(student, teacher, cfg, ctx).to(device)
+        self.optimizer = torch.optim.SGD(
+            self.method.trainable_parameters(),
             lr=float(cfg["lr"]),
             momentum=float(cfg["momentum"]),
             nesterov=bool(cfg["nesterov"]) and float(cfg["momentum"]) > 0,
             weight_decay=float(cfg["weight_decay"]),
         )
-        method.train()
-        method.on_epoch_start(0)
-        batches = iter(loader)
-        meter = {"loss": 0.0, "n": 0}
+        self.method.train()
+        self.method.on_epoch_start(0)
+        self._batches = iter(loader)
+        self.meter = {"loss": 0.0, "n": 0}
+        self.details = {
+            "device": str(device),
+            "amp": "off",
+            "channels_last": False,
+            "workers": workers,
+            "optimizer": "SGD (torch defaults)",
+            "data": "DataLoader + torchvision PIL transforms",
+            "threads": torch.get_num_threads(),
+        }
 
-        def step() -> None:
-            x, y, idx = next(batches)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            result = method.training_step(Batch(x, y, idx.to(device), augmented=True), 0)
-            loss = sum(result.losses.values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            meter["loss"] += loss.item() * x.shape[0]  # the usual AverageMeter: a host sync per step
-            meter["n"] += x.shape[0]
+    def step(self) -> None:
+        from trainables.data import Batch
 
-        warm = []
-        for _ in range(settings.warmup):
-            t0 = time.perf_counter()
-            step()
-            warm.append(time.perf_counter() - t0)
-        steps = plan_steps(settings, min(warm) if warm else float("nan"))
+        x, y, idx = next(self._batches)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        result = self.method.training_step(Batch(x, y, idx.to(self.device), augmented=True), 0)
+        loss = sum(result.losses.values())
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.meter["loss"] += loss.item() * x.shape[0]  # the usual AverageMeter: a host sync per step
+        self.meter["n"] += x.shape[0]
+
+    def run(self, k: int) -> None:
+        for _ in range(k):
+            self.step()
+        _sync(self.device)
+
+    def close(self) -> None:
+        self._batches = None  # shuts the DataLoader workers down
+        self._tmp.cleanup()
+
+
+RUNNERS: dict[str, type[Runner]] = {"platform": PlatformRunner, "reference": ReferenceRunner}
+
+
+def measure(
+    loop: str, settings: Settings, teacher_file: Path, barrier: Callable[[], None] | None = None
+) -> Measurement:
+    """One loop on its own: build, warm up, (wait for the other packed trials,) time."""
+    runner = RUNNERS[loop](settings, teacher_file)
+    try:
+        runner.run(settings.warmup)
         if barrier is not None:
             barrier()
-        _sync(device)
-        t_start, t0 = time.time(), time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync(device)
-        seconds = time.perf_counter() - t0
-    details = {
-        "device": str(device),
-        "amp": "off",
-        "channels_last": False,
-        "workers": workers,
-        "optimizer": "SGD",
-        "data": "DataLoader + torchvision PIL transforms",
-        "threads": torch.get_num_threads(),
-    }
-    return Measurement("reference", steps * settings.batch_size, seconds, steps, t_start, time.time(), details)
+        clock = Clock(runner, settings)
+        while not clock.done:
+            clock.tick()
+        return clock.measurement()
+    finally:
+        runner.close()
 
 
-MEASURE = {"platform": measure_platform, "reference": measure_reference}
+def measure_interleaved(settings: Settings, teacher_file: Path, loops: Sequence[str]) -> list[Measurement]:
+    """All loops built and warmed up, then timed in alternating chunks, so load changes hit them alike.
+
+    Any bias is against the platform: the reference's DataLoader workers keep preparing batches (and using
+    cores) while the platform's chunk runs, and start its own chunk with batches ready.
+    """
+    runners = [RUNNERS[loop](settings, teacher_file) for loop in loops]
+    try:
+        for runner in runners:
+            runner.run(settings.warmup)
+        clocks = [Clock(runner, settings) for runner in runners]
+        while not all(clock.done for clock in clocks):
+            for clock in clocks:
+                if not clock.done:
+                    clock.tick()
+        return [clock.measurement() for clock in clocks]
+    finally:
+        for runner in runners:
+            runner.close()
 
 
 # -- one process, both loops ------------------------------------------------------------------------------
-def run_single(settings: Settings, loops: Sequence[str] = LOOPS) -> dict[str, Any]:
-    """Both loops, one after the other, in this process; returns their measurements and the ratio."""
+def run_single(settings: Settings, loops: Sequence[str] = LOOPS, order: str = "interleaved") -> dict[str, Any]:
+    """Both loops in this process (``order``: interleaved chunks or one after the other); with the ratio."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    out: dict[str, Any] = {"mode": "single"}
+    out: dict[str, Any] = {"mode": "single", "order": order}
     with tempfile.TemporaryDirectory(prefix="kd-bench-") as tmp:
         teacher_file = make_teacher_file(settings, Path(tmp))
-        for loop in loops:
-            m = MEASURE[loop](settings, teacher_file)
-            out[loop] = {"img_s": m.img_s, "images": m.images, "seconds": m.seconds, "steps": m.steps, **m.details}
+        if order == "interleaved":
+            results = measure_interleaved(settings, teacher_file, loops)
+        else:
+            results = [measure(loop, settings, teacher_file) for loop in loops]
+    for m in results:
+        out[m.loop] = {"img_s": m.img_s, "images": m.images, "seconds": m.seconds, "steps": m.steps, **m.details}
     if "platform" in out and "reference" in out:
         out["ratio"] = out["platform"]["img_s"] / out["reference"]["img_s"]
     return out
@@ -391,7 +476,7 @@ def _pack_worker(loop: str, settings: dict[str, Any], teacher_file: str, barrier
         while not ray.get(barrier.ready.remote()) and time.time() < deadline:
             time.sleep(0.02)
 
-    m = MEASURE[loop](Settings(**settings), Path(teacher_file), wait_for_all)
+    m = measure(loop, Settings(**settings), Path(teacher_file), wait_for_all)
     return {"images": m.images, "seconds": m.seconds, "t_start": m.t_start, "t_end": m.t_end, **m.details}
 
 
@@ -493,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="timed steps per loop (default 8 on CPU, 100 on GPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1 on CPU, 10 on GPU)")
     p.add_argument("--max-seconds", type=float, default=None,
-                   help="cap on each loop's timed phase, from the warm-up's step time (default 30 CPU, 60 GPU)")
+                   help="cap on each loop's timed phase (default 20 s on CPU, 60 s on GPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:<i>")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"], help="platform loop only")
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"], help="platform loop only")
@@ -504,6 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--loops", default=",".join(LOOPS), help="which loops to run (platform,reference)")
+    p.add_argument("--order", default="interleaved", choices=["interleaved", "sequential"],
+                   help="time the loops in alternating chunks (default) or one after the other")
     p.add_argument("--pack", type=int, default=0, metavar="N",
                    help="packing mode: N concurrent Ray trials at gpu 1/N vs one trial on the whole GPU")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -530,7 +617,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, torch.device
         batch_size=args.batch_size,
         steps=steps,
         warmup=warmup,
-        max_seconds=args.max_seconds if args.max_seconds is not None else (60.0 if gpu else 30.0),
+        max_seconds=args.max_seconds if args.max_seconds is not None else (60.0 if gpu else 20.0),
         device=args.device,
         amp=args.amp,
         channels_last=channels_last,
@@ -554,6 +641,7 @@ def format_text(result: dict[str, Any]) -> str:
         + (f", load average {m['load_avg_1m']}" if "load_avg_1m" in m else ""),
     ]
     if result["mode"] == "single":
+        lines.append(f"loops timed {result['order']}")
         for loop in LOOPS:
             if loop not in result:
                 continue
@@ -600,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings, device, note = settings_from_args(args)
     if args.pack and args.pack < 1:
         raise SystemExit("--pack takes a number of trials >= 1")
-    result = run_pack(settings, args.pack, loops) if args.pack else run_single(settings, loops)
+    result = run_pack(settings, args.pack, loops) if args.pack else run_single(settings, loops, args.order)
     result["settings"] = asdict(settings)
     result["machine"] = machine_info(device)
     result["notes"] = [note] if note else []

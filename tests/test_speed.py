@@ -302,9 +302,11 @@ TINY = ["--student", "resnet8", "--teacher", "resnet8", "--steps", "2", "--warmu
         "--classes", "10", "--workers", "1", "--threads", "1"]
 
 
-def test_benchmark_smoke_prints_both_loops_and_their_ratio(capsys):
-    assert throughput.main([*TINY, "--json"]) == 0
+@pytest.mark.parametrize("order", ["interleaved", "sequential"])
+def test_benchmark_smoke_prints_both_loops_and_their_ratio(capsys, order):
+    assert throughput.main([*TINY, "--order", order, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
+    assert result["order"] == order
     for loop in ("platform", "reference"):
         assert result[loop]["img_s"] > 0 and result[loop]["steps"] == 2 and result[loop]["images"] == 16
     assert result["ratio"] == pytest.approx(result["platform"]["img_s"] / result["reference"]["img_s"])
