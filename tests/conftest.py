@@ -42,6 +42,23 @@ def digits_teacher(tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
 
 
+@pytest.fixture(scope="session")
+def wide_digits_teacher(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A wrn_16_2 teacher (128 channels, vs resnet8's 64) briefly trained on digits, for tests where the
+    student's and teacher's feature widths must differ (connectors, undefined bound terms).
+
+    Cheap on purpose (one epoch on 384 images): its accuracy is not what these tests check.
+    Returns ``{"arch", "checkpoint", "metrics"}``.
+    """
+    from trainables.loop import train
+
+    workdir = tmp_path_factory.mktemp("wide_digits_teacher")
+    cfg = {"method": "teacher", "teacher": "wrn_16_2", "dataset": "digits", "epochs": 1, "batch_size": 32,
+           "train_subset": 384, "seed": 0}
+    metrics = train(cfg, workdir=workdir)
+    return {"arch": "wrn_16_2", "checkpoint": str(Path(workdir) / "trajectory" / "final.pt"), "metrics": metrics}
+
+
 @pytest.fixture
 def student_cfg(digits_teacher: dict) -> dict:
     """A short distillation config on digits against the session teacher (add 'method' and knobs)."""

@@ -132,3 +132,10 @@ def test_recipe_defaults():
     assert cfg["lr"] == 0.05 and cfg["epochs"] == 240 and cfg["lr_milestones"] == [150, 180, 210]
     assert cfg["batch_size"] == 64 and cfg["weight_decay"] == 5e-4 and cfg["nesterov"] is True
     assert scaled_milestones(24) == [15, 18, 21]
+
+
+def test_teacher_checkpoint_of_another_architecture_is_refused(student_cfg, tmp_path):
+    cfg = {**student_cfg, "method": "kd", "teacher": "resnet32"}  # the file holds a resnet20
+    expected = r"teacher 'resnet32' \(10 classes\) does not fit.*missing keys \(60\).*more\)"
+    with pytest.raises(CheckpointError, match=expected):
+        train(cfg, workdir=tmp_path)

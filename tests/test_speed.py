@@ -34,7 +34,7 @@ from trainables.device import (
 from trainables.errors import ConfigError
 from trainables.loop import build_trial, evaluate, train, train_one_epoch
 from trainables.teacher import FrozenTeacher
-from trainables.teacher_cache import compute_teacher_cache, load_or_compute
+from trainables.teacher_store import compute_teacher_store, load_or_compute
 
 torch.set_num_threads(1)
 
@@ -247,16 +247,16 @@ def test_memory_cap_derives_from_the_gpu_share():
 
 
 # -- teacher cache ------------------------------------------------------------------------------------------
-def test_teacher_cache_matches_the_teacher_and_counts_each_image_once(tmp_path):
+def test_teacher_store_matches_the_teacher_and_counts_each_image_once(tmp_path):
     trial = build_trial(_tiny_cfg(tmp_path))
     teacher = FrozenTeacher(trial.teacher.model)
-    cache = compute_teacher_cache(teacher, trial.data.train, batch_size=64)
+    cache = compute_teacher_store(teacher, trial.data.train, batch_size=64)
     assert teacher.calls == len(trial.data.train) == 64 and cache.num_cached == 64
     batch = next(iter(trial.data.train.batches(16, shuffle=True, augment=False,
                                                generator=torch.Generator().manual_seed(0))))
     direct = teacher(batch.x).logits
     assert torch.allclose(cache.lookup(batch.index).logits, direct, atol=1e-5)
-    teacher.cache = cache
+    teacher.store = cache
     calls = teacher.calls
     assert torch.equal(teacher.for_batch(batch).logits, cache.lookup(batch.index).logits)
     assert teacher.calls == calls  # served from the cache
@@ -265,28 +265,30 @@ def test_teacher_cache_matches_the_teacher_and_counts_each_image_once(tmp_path):
     assert teacher.calls == calls + 16  # an augmented batch is never served from the cache
     # CKD-style: one seeded augmentation per image, a subset of the images
     subset = torch.tensor([1, 5, 9])
-    a = compute_teacher_cache(teacher, trial.data.train, augment=True, seed=3, indices=subset)
-    b = compute_teacher_cache(teacher, trial.data.train, augment=True, seed=3, indices=subset)
+    a = compute_teacher_store(teacher, trial.data.train, augment=True, seed=3, indices=subset)
+    b = compute_teacher_store(teacher, trial.data.train, augment=True, seed=3, indices=subset)
     assert a.valid.nonzero().flatten().tolist() == [1, 5, 9] and torch.equal(a.logits, b.logits)
     assert not torch.allclose(a.logits[subset], cache.logits[subset]) and not a.serves(batch)
 
 
-def test_teacher_cache_in_the_loop_is_shared_through_a_folder(tmp_path):
-    shared = tmp_path / "study" / "teacher_cache"
-    cfg = _tiny_cfg(tmp_path, epochs=2, teacher_cache=True, teacher_cache_dir=str(shared))
+def test_teacher_store_in_the_loop_is_shared_through_a_folder(tmp_path):
+    shared = tmp_path / "study" / "teacher_store"
+    cfg = _tiny_cfg(tmp_path, epochs=2, teacher_store=True, teacher_store_dir=str(shared))
     first = train(cfg)
     files = list(shared.glob("*.pt"))
     assert len(files) == 1 and first["teacher_calls"] == 64  # one pass, then only the cache
     stamp = files[0].stat().st_mtime_ns
     second = train({**cfg, "seed": 1})  # another trial of the study: loads, does not recompute
     assert files[0].stat().st_mtime_ns == stamp and second["teacher_calls"] == 64
-    uncached = train({**cfg, "teacher_cache": False, "teacher_cache_dir": None})
+    uncached = train({**cfg, "teacher_store": False, "teacher_store_dir": None})
     assert uncached["teacher_calls"] == 2 * 64
     assert first["train/loss"] == pytest.approx(uncached["train/loss"], rel=1e-3)
     with pytest.raises(ConfigError, match="needs augment: false"):
         resolve_config({**cfg, "augment": True})
     with pytest.raises(ConfigError, match="not supported by method 'fitnet'"):
         resolve_config({**cfg, "method": "fitnet"})
+    with pytest.raises(ConfigError, match="does not combine with teacher_budget"):
+        resolve_config({**cfg, "teacher_budget": 64})
 
 
 def test_load_or_compute_without_a_folder_keeps_the_cache_in_memory(tmp_path):

@@ -20,6 +20,7 @@ LOOP_DEFAULTS: dict[str, Any] = {
     "teacher": None,
     "teacher_checkpoint": None,
     "teacher_budget": None,
+    "teacher_cache_view": "clean",
     "epochs": 240,
     "batch_size": 64,
     "lr": None,
@@ -37,8 +38,9 @@ LOOP_DEFAULTS: dict[str, Any] = {
     "channels_last": "auto",
     "compile": False,
     "gpu_memory_fraction": None,
-    "teacher_cache": False,
-    "teacher_cache_dir": None,
+    "teacher_store": False,
+    "teacher_store_dir": None,
+    "bound_metrics": True,
 }
 """Keys of the shared loop (see README "Config keys"); data keys live in ``trainables.data.DATA_KEYS``."""
 
@@ -108,30 +110,40 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"lr must be > 0, got {out['lr']}")
     if float(out["weight_decay"]) < 0:
         raise ConfigError(f"weight_decay must be >= 0, got {out['weight_decay']}")
-    for key, allowed in (("amp", ("auto", "bf16", "off")), ("channels_last", ("auto", True, False))):
+    for key, allowed in (
+        ("amp", ("auto", "bf16", "off")),
+        ("channels_last", ("auto", True, False)),
+        ("teacher_cache_view", ("clean", "augmented")),
+        ("bound_metrics", (True, False)),
+    ):
         if out[key] not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got '{out[key]}'")
     validate_device_keys(out)
-    _validate_teacher_cache(out, method)
+    _validate_teacher_store(out, method)
     method.validate_config(out)
     return out
 
 
-def _validate_teacher_cache(out: Mapping[str, Any], method: Any) -> None:
-    """``teacher_cache`` serves teacher outputs by example index, which is only right without augmentation."""
-    value = out["teacher_cache"]
+def _validate_teacher_store(out: Mapping[str, Any], method: Any) -> None:
+    """``teacher_store`` serves teacher outputs by example index, which is only right without augmentation."""
+    value = out["teacher_store"]
     if not isinstance(value, bool):
-        raise ConfigError(f"teacher_cache must be true or false; got '{value}'")
+        raise ConfigError(f"teacher_store must be true or false; got '{value}'")
     if not value:
         return
-    if not getattr(method, "uses_teacher_cache", False):
-        users = sorted(name for name, cls in _methods().items() if getattr(cls, "uses_teacher_cache", False))
+    if not getattr(method, "uses_teacher_store", False):
+        users = sorted(name for name, cls in _methods().items() if getattr(cls, "uses_teacher_store", False))
         raise ConfigError(
-            f"teacher_cache: true is not supported by method '{method.name}'; methods that use it: {', '.join(users)}"
+            f"teacher_store: true is not supported by method '{method.name}'; methods that use it: {', '.join(users)}"
         )
     if out["augment"]:
         raise ConfigError(
-            "teacher_cache: true needs augment: false (cached teacher outputs are per image, not per augmentation)"
+            "teacher_store: true needs augment: false (stored teacher outputs are per image, not per augmentation)"
+        )
+    if out.get("teacher_budget") is not None:
+        raise ConfigError(
+            "teacher_store: true does not combine with teacher_budget (the budget already caches the teacher's "
+            "logits, see teacher_cache_view); drop one of them"
         )
 
 

@@ -29,7 +29,7 @@ from .errors import NonFiniteLossError
 from .methods import Method, MethodContext, get_method
 from .reporting import Reporter
 from .teacher import FrozenTeacher, load_teacher_model
-from .teacher_cache import cache_key, load_or_compute, teacher_file_id
+from .teacher_store import load_or_compute, store_key, teacher_file_id
 
 
 @dataclass
@@ -102,8 +102,8 @@ def build_trial(config: Mapping[str, Any], workdir: Path | None = None) -> Trial
         teacher_model = load_teacher_model(cfg["teacher"], cfg["teacher_checkpoint"], data.num_classes)
         teacher = FrozenTeacher(teacher_model, budget=cfg.get("teacher_budget"), autocast_dtype=amp_dtype)
         teacher.to(device, memory_format)
-        if cfg["teacher_cache"]:
-            teacher.cache = _train_teacher_cache(cfg, teacher, data, amp_dtype)
+        if cfg["teacher_store"]:
+            teacher.store = _train_teacher_store(cfg, teacher, data, amp_dtype)
     student = models.create(cfg[method_cls.model_key], num_classes=data.num_classes).to(device)
     ctx = MethodContext(
         num_classes=data.num_classes,
@@ -135,11 +135,11 @@ def build_trial(config: Mapping[str, Any], workdir: Path | None = None) -> Trial
     return Trial(cfg, data, method, teacher, optimizer, scheduler, device, amp_dtype, step_fn)
 
 
-def _train_teacher_cache(
+def _train_teacher_store(
     cfg: Mapping[str, Any], teacher: FrozenTeacher, data: DataBundle, amp_dtype: torch.dtype | None
 ) -> Any:
-    """Teacher logits for the (un-augmented) training split, shared through ``teacher_cache_dir`` if set."""
-    key = cache_key(
+    """Teacher logits for the (un-augmented) training split, shared through ``teacher_store_dir`` if set."""
+    key = store_key(
         teacher=cfg["teacher"],
         teacher_file=teacher_file_id(cfg["teacher_checkpoint"]),
         data={k: cfg[k] for k in DATA_KEYS if k != "num_workers"},
@@ -148,7 +148,7 @@ def _train_teacher_cache(
         keep="logits",
     )
     return load_or_compute(
-        teacher, data.train, key, cfg["teacher_cache_dir"], batch_size=int(cfg["eval_batch_size"])
+        teacher, data.train, key, cfg["teacher_store_dir"], batch_size=int(cfg["eval_batch_size"])
     )
 
 
@@ -246,6 +246,7 @@ def train_one_epoch(trial: Trial, epoch: int, max_steps: int | None = None) -> d
     elapsed = time.perf_counter() - start
     trial.scheduler.step()
     watch.check(epoch, cfg)
+    method.on_train_epoch_end(epoch)
     means = {name: float(value.item()) / max(seen, 1) for name, value in sums.items()}
     metrics = {"train/loss": float(total_sum.item()) / max(seen, 1)}
     metrics.update({f"train/loss_{name}": value for name, value in means.items()})

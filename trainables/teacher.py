@@ -18,14 +18,14 @@ from .errors import CheckpointError, TeacherBudgetExceeded
 
 if TYPE_CHECKING:
     from .data import Batch
-    from .teacher_cache import TeacherCache
+    from .teacher_store import TeacherStore
 
 
 @dataclass
 class TeacherOutput:
     """What one teacher pass yields: logits, the last feature map and the intermediate stages.
 
-    Outputs served from a ``TeacherCache`` have no ``stages`` (empty list) and ``features`` only when the
+    Outputs served from a ``TeacherStore`` have no ``stages`` (empty list) and ``features`` only when the
     cache kept them (else None).
     """
 
@@ -49,8 +49,8 @@ class FrozenTeacher:
         self.budget = budget
         self.calls = 0
         self.autocast_dtype = autocast_dtype
-        self.cache: TeacherCache | None = None
-        """Attached by the loop with ``teacher_cache: true``; ``for_batch`` serves from it where valid."""
+        self.store: TeacherStore | None = None
+        """Attached by the loop with ``teacher_store: true``; ``for_batch`` serves from it where valid."""
 
     def to(self, device: torch.device | str, memory_format: torch.memory_format | None = None) -> FrozenTeacher:
         self.model.to(device)
@@ -84,14 +84,14 @@ class FrozenTeacher:
         return TeacherOutput(logits=_to_normal_fp32(logits), features=stages[-1], stages=stages)
 
     def for_batch(self, batch: Batch) -> TeacherOutput:
-        """Teacher outputs for a *training* batch: from the attached cache when it is valid for the batch
+        """Teacher outputs for a *training* batch: from the attached store when it is valid for the batch
         (no augmentation; looked up by ``batch.index``), else a forward pass on ``batch.x``.
 
         Methods that only need logits (or the last feature map) call this instead of ``teacher(batch.x)``
-        to benefit from ``teacher_cache``; it is not meant for batches of other splits.
+        to benefit from ``teacher_store``; it is not meant for batches of other splits.
         """
-        if self.cache is not None and self.cache.serves(batch):
-            return self.cache.lookup(batch.index)
+        if self.store is not None and self.store.serves(batch):
+            return self.store.lookup(batch.index)
         return self(batch.x)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
@@ -132,5 +132,10 @@ def load_teacher_model(arch: str, checkpoint: str | Path, num_classes: int) -> n
     if not path.is_file():
         raise CheckpointError(f"teacher checkpoint not found: {path} (teacher_checkpoint must name a file)")
     model = models.create(arch, num_classes=num_classes)
-    models.load_checkpoint(model, path, strict=True)
+    try:
+        models.load_checkpoint(model, path, strict=True)
+    except (models.CheckpointMismatchError, ValueError) as err:
+        raise CheckpointError(
+            f"teacher '{arch}' ({num_classes} classes) does not fit its checkpoint: {err}"
+        ) from err
     return model

@@ -1,215 +1,99 @@
-"""Teacher outputs computed once per example of a split and looked up by the example's index.
+"""Teacher logits computed once per training image and served from a cache (the teacher-call budget).
 
-Valid wherever the teacher would see the same input each time it meets an example:
+In the few-teacher-inference setting of Comparative KD (Wilf et al., arXiv 2311.02253) the teacher may
+be asked about n images only. A cached method runs the teacher exactly once on each image of the
+training split (which ``train_subset`` cuts down to those n images) before its first training step,
+keeps the logits by data index, and never calls the teacher again: training reads the cache only.
 
-* a split read without augmentation (``augment: false``): every epoch repeats the same images, so a
-  teacher forward per batch is wasted work; ``teacher_cache: true`` serves them from here;
-* one fixed, seeded augmentation per example (``augment=True`` below): the few-teacher-calls setting of
-  Comparative KD, where the teacher runs once on each of n training images and training uses only the
-  cache.
-
-Computing a cache costs one teacher call per example (counted by ``FrozenTeacher``, so budgets hold).
-With a ``directory`` the cache is written once to ``<directory>/<key>.pt`` and every trial of a study
-that needs the same outputs (same teacher file, data, split, precision, augmentation seed) loads it
-instead of recomputing; a file lock makes concurrent trials wait for the first one rather than race.
-A trial that loads a shared cache is charged the same calls it would have made computing it.
+Which view of each image the teacher sees is ``teacher_cache_view``: ``clean`` (default: the
+un-augmented image, the canonical view every augmented crop of it is compared against) or
+``augmented`` (one random crop+flip per image, drawn from a generator seeded by the trial seed, so
+the cache is the same on every run of the trial). The cache is saved in the trial checkpoint, so a
+resumed trial does not ask the teacher again.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from .data import Split
-from .teacher import FrozenTeacher, TeacherOutput
+from .errors import ConfigError
+from .teacher import FrozenTeacher
 
-KEEP_CHOICES = ("logits", "features")
-CACHE_VERSION = 1
+CACHE_VIEWS = ("clean", "augmented")
 
 
-@dataclass
-class TeacherCache:
-    """Teacher logits (and optionally the last feature map) for examples 0..N-1 of one split.
-
-    ``valid[i]`` says whether example i was computed (a cache may cover a subset, e.g. a budget).
-    Cached outputs carry no intermediate stages: methods that need them must call the teacher.
-    """
-
-    logits: torch.Tensor
-    features: torch.Tensor | None
-    valid: torch.Tensor
-    augmented: bool
-    key: str = ""
-
-    def __len__(self) -> int:
-        return int(self.logits.shape[0])
-
-    @property
-    def num_cached(self) -> int:
-        return int(self.valid.sum().item())
-
-    def to(self, device: torch.device | str) -> TeacherCache:
-        self.logits = self.logits.to(device)
-        self.valid = self.valid.to(device)
-        if self.features is not None:
-            self.features = self.features.to(device)
-        return self
-
-    def serves(self, batch: Any) -> bool:
-        """True when ``batch`` shows the teacher exactly what this cache was computed on (no fresh augmentation)."""
-        return not self.augmented and not getattr(batch, "augmented", True)
-
-    def lookup(self, index: torch.Tensor) -> TeacherOutput:
-        """Cached outputs for split indices ``index``, as a ``TeacherOutput`` (``stages`` is empty)."""
-        index = index.to(self.logits.device)
-        features = self.features[index].float() if self.features is not None else None
-        return TeacherOutput(logits=self.logits[index], features=features, stages=[])
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "version": CACHE_VERSION,
-            "key": self.key,
-            "augmented": self.augmented,
-            "logits": self.logits.cpu(),
-            "features": self.features.cpu() if self.features is not None else None,
-            "valid": self.valid.cpu(),
-        }
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> TeacherCache:
-        return cls(
-            logits=state["logits"],
-            features=state["features"],
-            valid=state["valid"],
-            augmented=bool(state["augmented"]),
-            key=str(state.get("key", "")),
+def validate_budget(cfg: Mapping[str, Any]) -> None:
+    """A budget of n teacher calls trains on n images: ``train_subset`` must be set and fit in it."""
+    budget, subset = cfg.get("teacher_budget"), cfg.get("train_subset")
+    if budget is None:
+        return
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        raise ConfigError(f"teacher_budget must be a positive integer (images the teacher may see), got {budget!r}")
+    if subset is None:
+        raise ConfigError(
+            f"teacher_budget {budget} needs train_subset (the images the teacher labels once); "
+            f"set train_subset: {budget}"
+        )
+    if int(subset) > budget:
+        raise ConfigError(
+            f"train_subset {subset} exceeds teacher_budget {budget}: the teacher sees each training image once; "
+            f"set train_subset <= {budget}"
         )
 
 
-def compute_teacher_cache(
-    teacher: FrozenTeacher,
-    split: Split,
-    *,
-    batch_size: int = 256,
-    keep: str = "logits",
-    augment: bool = False,
-    seed: int = 0,
-    indices: torch.Tensor | None = None,
-    features_dtype: torch.dtype = torch.float32,
-) -> TeacherCache:
-    """Run the teacher once over ``split`` (or only the examples in ``indices``) and keep its outputs.
+class TeacherLogitCache:
+    """Teacher logits for every example of a split, indexed like ``Batch.index``."""
 
-    ``augment=True`` draws one augmentation per example from ``seed`` (the split's own augmentation, so
-    the same law as training). Every computed example is one counted teacher call. ``features_dtype``
-    lets a large feature cache be kept in bf16 (CIFAR-100 train, resnet32x4: 3.3 GB in fp32).
-    """
-    if keep not in KEEP_CHOICES:
-        raise ValueError(f"keep must be one of {', '.join(KEEP_CHOICES)}; got '{keep}'")
-    n = len(split)
-    device = split.device
-    wanted = torch.zeros(n, dtype=torch.bool)
-    if indices is None:
-        wanted[:] = True
-    else:
-        wanted[indices.cpu().long()] = True
-    logits = features = None
-    valid = torch.zeros(n, dtype=torch.bool, device=device)
-    generator = torch.Generator().manual_seed(int(seed))
-    for batch in split.batches(batch_size, shuffle=False, augment=augment, generator=generator,
-                               drop_last_single=False):
-        take = wanted[batch.index.cpu()]
-        if not bool(take.any()):
-            continue
-        if bool(take.all()):
-            idx, out = batch.index, teacher(batch.x)
-        else:
-            take_dev = take.to(batch.index.device)
-            idx, out = batch.index[take_dev], teacher(batch.x[take_dev])
-        if logits is None:
-            logits = torch.zeros((n, out.logits.shape[1]), dtype=torch.float32, device=device)
-            if keep == "features":
-                features = torch.zeros((n, *out.features.shape[1:]), dtype=features_dtype, device=device)
-        logits[idx] = out.logits
-        if features is not None:
-            features[idx] = out.features.to(features_dtype)
-        valid[idx] = True
-    if logits is None:
-        raise ValueError("teacher cache: no example selected (empty split or empty indices)")
-    return TeacherCache(logits=logits, features=features, valid=valid, augmented=augment)
+    def __init__(self, view: str = "clean", seed: int = 0) -> None:
+        if view not in CACHE_VIEWS:
+            raise ConfigError(f"teacher_cache_view must be one of {', '.join(CACHE_VIEWS)}; got '{view}'")
+        self.view = view
+        self.seed = int(seed)
+        self.logits: torch.Tensor | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.logits is not None
+
+    @torch.no_grad()
+    def build(self, teacher: FrozenTeacher, split: Split, batch_size: int) -> None:
+        """Run the teacher once on each example of ``split`` (one pass, fixed order) and keep its logits."""
+        augment = self.view == "augmented"
+        generator = torch.Generator().manual_seed(self.seed * 1_000_033 + 7) if augment else None
+        n = len(split)
+        chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for batch in split.batches(batch_size, shuffle=False, augment=augment, generator=generator):
+            chunks.append((batch.index, teacher(batch.x).logits))
+        index = torch.cat([i for i, _ in chunks])
+        values = torch.cat([v for _, v in chunks])
+        logits = torch.full((n, values.shape[1]), float("nan"), device=values.device)
+        logits[index.to(values.device)] = values
+        if int(index.numel()) != n or bool(torch.isnan(logits).any()):
+            raise RuntimeError(f"teacher cache covers {int(index.numel())} of {n} training examples")
+        self.logits = logits
+
+    def ensure(self, teacher: FrozenTeacher, split: Split, batch_size: int) -> None:
+        """Build once; a restored or already built cache makes no teacher call."""
+        if not self.ready:
+            self.build(teacher, split, batch_size)
+
+    def lookup(self, index: torch.Tensor) -> torch.Tensor:
+        """Cached logits of the examples ``index`` (a batch's data indices)."""
+        if self.logits is None:
+            raise RuntimeError("teacher cache used before it was built (build it in on_epoch_start)")
+        return self.logits[index.to(self.logits.device)]
+
+    def state(self) -> dict[str, Any]:
+        return {"logits": None if self.logits is None else self.logits.cpu(), "view": self.view}
+
+    def load_state(self, state: Mapping[str, Any], device: torch.device) -> None:
+        logits = state.get("logits")
+        self.logits = None if logits is None else logits.to(device)
 
 
-def cache_key(**parts: Any) -> str:
-    """A stable short hash of everything the cached outputs depend on (JSON-serialisable parts)."""
-    blob = json.dumps({"version": CACHE_VERSION, **parts}, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:20]
-
-
-def teacher_file_id(path: str | Path) -> dict[str, Any]:
-    """Identify a teacher checkpoint by absolute path, size and modification time (cheap, no hashing)."""
-    p = Path(path).absolute()
-    st = p.stat()
-    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (POSIX); elsewhere no lock, and the atomic rename keeps the file whole."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def load_or_compute(
-    teacher: FrozenTeacher,
-    split: Split,
-    key: str,
-    directory: str | Path | None = None,
-    *,
-    charge_calls: bool = True,
-    **compute_kwargs: Any,
-) -> TeacherCache:
-    """The cache for ``key``: loaded from ``directory`` when a trial already computed it, else computed.
-
-    ``key`` must change whenever the outputs would (use ``cache_key`` over the teacher file id, the data
-    keys, the split name, the autocast dtype, ``keep``, ``augment`` and ``seed``). Without a directory the
-    cache lives in this trial only. ``charge_calls`` adds the examples of a loaded cache to the teacher's
-    call count, so ``teacher_calls`` and a budget read the same whether a trial computed or loaded it.
-    """
-    if directory is None:
-        cache = compute_teacher_cache(teacher, split, **compute_kwargs)
-        cache.key = key
-        return cache
-    folder = Path(directory).expanduser().absolute()
-    path = folder / f"{key}.pt"
-    with _file_lock(folder / f"{key}.lock"):
-        if path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            cache = TeacherCache.from_state(state)
-            if len(cache) != len(split):
-                raise ValueError(f"teacher cache {path} holds {len(cache)} examples, the split has {len(split)}")
-            if charge_calls:
-                teacher.count(cache.num_cached)
-            return cache.to(split.device)
-        cache = compute_teacher_cache(teacher, split, **compute_kwargs)
-        cache.key = key
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save(cache.state(), tmp)
-        tmp.replace(path)
-        return cache
+def cache_for(cfg: Mapping[str, Any]) -> TeacherLogitCache:
+    return TeacherLogitCache(cfg.get("teacher_cache_view", "clean"), int(cfg.get("seed") or 0))

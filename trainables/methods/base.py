@@ -62,9 +62,9 @@ class Method(nn.Module):
     model_key: ClassVar[str] = "student"
     """Which config key names the architecture that trains (the ``teacher`` method trains ``teacher``)."""
     summary: ClassVar[str] = ""
-    uses_teacher_cache: ClassVar[bool] = False
+    uses_teacher_store: ClassVar[bool] = False
     """True when the method reads the teacher only through ``teacher.for_batch(batch)`` (logits or the last
-    feature map), so ``teacher_cache: true`` can serve it from a per-example cache."""
+    feature map), so ``teacher_store: true`` can serve it from per-example stored outputs."""
 
     def __init__(
         self, student: nn.Module, teacher: FrozenTeacher | None, cfg: Mapping[str, Any], ctx: MethodContext
@@ -92,6 +92,9 @@ class Method(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         """Called before each training epoch (0-based); e.g. online KD switches teacher checkpoints here."""
 
+    def on_train_epoch_end(self, epoch: int) -> None:
+        """Called after the epoch's last training step, before evaluation (e.g. CKD re-anchors its logits)."""
+
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         """Called after evaluation of each epoch; e.g. the teacher method saves its trajectory here."""
 
@@ -99,8 +102,25 @@ class Method(nn.Module):
         """Called once after the last epoch (e.g. to export a deployable module)."""
 
     def epoch_metrics(self, data: Any, epoch: int) -> dict[str, float]:
-        """Extra per-epoch metrics (diagnostics) merged into the report."""
-        return {}
+        """Extra per-epoch metrics (diagnostics) merged into the report.
+
+        With a teacher (and ``bound_metrics: true``), the IJCKD error-bound terms on the validation split
+        (``trainables.diagnostics.bounds``). A method that adds its own metrics should merge ``super()``'s.
+        """
+        if self.teacher is None or not self.cfg.get("bound_metrics", True):
+            return {}
+        from ..device import autocast_dtype
+        from ..diagnostics.bounds import bound_metrics
+
+        amp = autocast_dtype(self.cfg, self.ctx.device)
+        return bound_metrics(self, data.val, int(self.cfg.get("eval_batch_size", 256)), amp)
+
+    def bound_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+        """For the bound diagnostics: (prediction logits, teacher head on the student's features or None,
+        why None). The default reads the student's last map directly; methods with a connector override."""
+        from ..diagnostics.bounds import default_bound_views
+
+        return default_bound_views(self, x)
 
     def extra_state(self) -> dict[str, Any]:
         """Method state outside the module tree that a checkpoint must keep (e.g. a teacher-logit cache)."""

@@ -23,7 +23,7 @@ class DKD(Method):
     name = "dkd"
     defaults = {"ce_weight": 1.0, "dkd_alpha": 1.0, "dkd_beta": 8.0, "temperature": 4.0, "warmup_epochs": 20}
     summary = "decoupled KD: target (TCKD) and non-target (NCKD) terms with linear warm-up"
-    uses_teacher_cache = True
+    uses_teacher_store = True
 
     @staticmethod
     def validate_config(cfg: Mapping[str, Any]) -> None:

@@ -1,4 +1,9 @@
-"""``kd``: Hinton et al. (2015) knowledge distillation on the teacher's softened outputs."""
+"""``kd``: Hinton et al. (2015) knowledge distillation on the teacher's softened outputs.
+
+Under a teacher-call budget (``teacher_budget`` set) the teacher labels each training image once before
+training and every step reads those cached logits (``trainables.teacher_cache``): the budgeted KD
+baseline Comparative KD is compared against. Without a budget the teacher runs on every batch as usual.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import torch.nn.functional as F
 
 from ..data import Batch
 from ..losses import kd_loss
+from ..teacher_cache import TeacherLogitCache, cache_for, validate_budget
 from .base import Method, StepResult, check_positive, register_method
 
 
@@ -19,12 +25,21 @@ class KD(Method):
     name = "kd"
     defaults = {"ce_weight": 1.0, "kd_weight": 1.0, "temperature": 4.0}
     summary = "Hinton KD: CE + T^2 KL(teacher || student)"
-    uses_teacher_cache = True
+    uses_teacher_store = True
 
     @staticmethod
     def validate_config(cfg: Mapping[str, Any]) -> None:
         check_positive(cfg, "ce_weight", "kd_weight")
         check_positive(cfg, "temperature", allow_zero=False)
+        validate_budget(cfg)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cache: TeacherLogitCache | None = cache_for(self.cfg) if self.cfg.get("teacher_budget") else None
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.cache is not None:  # budgeted: every teacher call happens here, once, before training
+            self.cache.ensure(self.teacher, self.ctx.extras["data"].train, int(self.cfg["eval_batch_size"]))
 
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
         logits = self.student(batch.x)
@@ -36,5 +51,14 @@ class KD(Method):
         return StepResult(logits, losses)
 
     def teacher_logits(self, batch: Batch):
-        """Teacher logits for this batch (a budgeted variant may serve them from a cache instead)."""
+        """Teacher logits for this batch: from the cache under a budget, else the teacher (or its store)."""
+        if self.cache is not None:
+            return self.cache.lookup(batch.index)
         return self.teacher.for_batch(batch).logits
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"teacher_cache": self.cache.state()} if self.cache is not None else {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.cache is not None and state.get("teacher_cache"):
+            self.cache.load_state(state["teacher_cache"], self.ctx.device)

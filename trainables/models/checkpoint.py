@@ -67,12 +67,18 @@ def describe_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor], stric
               for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
     parts = []
     if missing:
-        parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+        parts.append(f"missing keys ({len(missing)}): {_first(missing)}")
     if unexpected:
-        parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        parts.append(f"unexpected keys ({len(unexpected)}): {_first(unexpected)}")
     if shapes:
-        parts.append(f"shape mismatches ({len(shapes)}): {'; '.join(shapes)}")
-    return "\n".join(parts) or None
+        parts.append(f"shape mismatches ({len(shapes)}): {_first(shapes, sep='; ')}")
+    return "; ".join(parts) or None
+
+
+def _first(names: list[str], limit: int = 12, sep: str = ", ") -> str:
+    """The first ``limit`` names, so a wrong architecture gives one readable line, not hundreds of keys."""
+    shown = sep.join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}{sep}... ({len(names) - limit} more)"
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict[str, Any]:
@@ -89,6 +95,6 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
     state = _fill_bn_counters(model, strip_prefix(state))
     problem = describe_mismatch(model, state, strict)
     if problem:
-        raise CheckpointMismatchError(f"checkpoint {path} does not fit {type(model).__name__}:\n{problem}")
+        raise CheckpointMismatchError(f"checkpoint {path} does not fit {type(model).__name__}: {problem}")
     model.load_state_dict(state, strict=strict)
     return meta

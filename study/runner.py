@@ -1,0 +1,343 @@
+"""Runs a study: its stages in order, each a Ray Tune experiment in the study dir, resumable at any point.
+
+``study.json`` records the stages, their status and what each produced (trained teachers' files, the best
+searched config), so a restart knows where it stopped: finished stages are skipped, the interrupted one is
+restored with ``Tuner.restore``, the rest start fresh.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .spec import SPEC_DEFAULTS, Spec, SpecError, pair_label, validate
+from .state import (
+    SPEC_FILE,
+    experiment_trials,
+    load_manifest,
+    save_manifest,
+    trial_rows,
+    varying_keys,
+)
+
+DONE = ("done", "skipped")
+
+
+class StudyError(RuntimeError):
+    """The study cannot go on (a teacher failed, the cluster lacks resources); one line for the user."""
+
+
+class Interrupted(RuntimeError):
+    """A stage stopped before all its trials finished (Ctrl-C): resume later."""
+
+
+def study_dir_for(spec: Spec) -> Path:
+    """``<storage_path>/<name>`` (a URI storage path keeps the study's own files under ./studies)."""
+    storage = spec.data["storage_path"]
+    base = Path(storage) if "://" not in storage else Path(SPEC_DEFAULTS["storage_path"]).absolute()
+    return base / spec.name
+
+
+def load_study_spec(study_dir: Path) -> Spec:
+    """The resolved spec saved in a study dir, validated again (files it names must still exist)."""
+    import yaml
+
+    path = Path(study_dir) / SPEC_FILE
+    if not path.is_file():
+        raise SpecError(f"{study_dir} is not a study dir (no {SPEC_FILE})")
+    return validate(yaml.safe_load(path.read_text()), probe=False)
+
+
+# -- Ray ------------------------------------------------------------------------------------------------------
+def connect_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Start or join Ray; returns True when this call started it (and so should shut it down).
+
+    With an address (``--address``, the spec's ``ray.address`` or ``RAY_ADDRESS``) the study's own packages
+    travel to the cluster's workers as ``py_modules``, so nodes need the requirements but not this checkout.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    common = {"include_dashboard": False, "log_to_driver": False, "configure_logging": True, "logging_level": "ERROR"}
+    if address:
+        import study
+        import trainables
+
+        modules = [str(Path(study.__file__).parent), str(Path(trainables.__file__).parent)]
+        ray.init(address=address, runtime_env={"py_modules": modules}, **common)
+    else:
+        ray.init(num_cpus=num_cpus, **common)
+    return True
+
+
+def effective_resources(spec: Spec) -> dict[str, float]:
+    """Per-trial resources, falling back to CPU (with a warning) when the cluster has no GPU."""
+    import ray
+
+    wanted = {"cpu": float(spec.data["resources"]["cpu"]), "gpu": float(spec.data["resources"]["gpu"])}
+    have = ray.cluster_resources()
+    if wanted["gpu"] > 0 and have.get("GPU", 0) == 0:
+        warnings.warn("resources.gpu asked for but the Ray cluster has no GPU: trials run on CPU", stacklevel=2)
+        print("warning: the Ray cluster has no GPU; running every trial on CPU (resources.gpu ignored)", flush=True)
+        wanted["gpu"] = 0.0
+    for key, name in (("gpu", "GPU"), ("cpu", "CPU")):
+        if wanted[key] > have.get(name, 0):
+            raise StudyError(f"resources.{key} is {wanted[key]:g} per trial but the cluster has "
+                             f"{have.get(name, 0):g} {name}s")
+    return wanted
+
+
+# -- creating and running -------------------------------------------------------------------------------------
+def init_study(spec: Spec, study_dir: Path) -> dict[str, Any]:
+    """Create the study dir with ``spec.yaml`` and ``study.json`` (refuses an existing dir)."""
+    from .tuner import plan
+
+    if study_dir.exists():
+        raise SpecError(f"study dir {study_dir} already exists: continue it with `python -m study resume {study_dir}` "
+                        "or pick another --name")
+    study_dir.mkdir(parents=True)
+    (study_dir / SPEC_FILE).write_text(spec.dump())
+    manifest = {
+        "name": spec.name,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "layout": 1,
+        "stages": [{**s.as_dict(), "status": "pending"} for s in plan(spec)],
+        "teachers": {},
+    }
+    save_manifest(study_dir, manifest)
+    return manifest
+
+
+def _hide_orphans(exp_dir: Path) -> None:
+    """Trial folders the experiment state does not know (a killed driver never recorded them) go out of sight."""
+    known = {t["dir"].name for t in experiment_trials(exp_dir)}
+    if not known:
+        return
+    marks = ("params.json", "result.json", "epoch_log.jsonl")
+    for child in exp_dir.iterdir():
+        if not child.is_dir() or child.name.startswith(".") or child.name in known:
+            continue
+        if any((child / m).exists() for m in marks) or any(child.glob("checkpoint_*")):
+            child.rename(exp_dir / f".orphan-{child.name}")
+
+
+def _all_finished(exp_dir: Path) -> bool:
+    trials = experiment_trials(exp_dir)
+    return bool(trials) and all(t["status"] in ("TERMINATED", "ERROR") for t in trials)
+
+
+def _teacher_files(spec: Spec, study_dir: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    for row in trial_rows(study_dir, stages=["teachers"]):
+        arch = row["params"].get("teacher")
+        folder = Path(row["params"].get("trajectory_dir") or "")
+        final = folder / "final.pt"
+        if row["state"] == "TERMINATED" and final.is_file():
+            out[arch] = {"checkpoint": str(final), "trajectory": str(folder), "trial": row["trial"],
+                         "val/top1": row["last val/top1"]}
+    return out
+
+
+def best_trial(study_dir: Path, stage_name: str, metric: str, mode: str) -> dict[str, Any] | None:
+    """The stage's best finished trial by its last reported ``metric`` (full-length trials first)."""
+    rows = [r for r in trial_rows(study_dir, stages=[stage_name], metric=metric, mode=mode)
+            if r["state"] == "TERMINATED" and r[f"last {metric}"] is not None]
+    if not rows:
+        return None
+    full = [r for r in rows if r["epoch"] == r["epochs"]]
+    pool = full or rows
+    sign = 1 if mode == "max" else -1
+    return max(pool, key=lambda r: sign * r[f"last {metric}"])
+
+
+def run_stages(spec: Spec, study_dir: Path, resources: dict[str, float], *, kinds: tuple[str, ...] | None = None,
+               retry_errored: bool = False, verbose: int = 1) -> dict[str, Any]:
+    """Run every unfinished stage (optionally only some kinds) in order; returns the final manifest."""
+    from trainables.methods import get_method
+
+    from . import tuner as tn
+
+    manifest = load_manifest(study_dir)
+    metric, mode = spec.data["metric"], spec.data["mode"]
+    for entry in manifest["stages"]:
+        if kinds is not None and entry["kind"] not in kinds:
+            continue
+        revisit = retry_errored and entry.get("errored")
+        if entry.get("status") in DONE and not revisit:
+            continue
+        stage = tn.Stage(entry["name"], entry["kind"], entry["method"], entry.get("pair"))
+        best = None
+        if stage.kind == "final":
+            search = next(s for s in manifest["stages"] if s["kind"] == "search" and s["method"] == stage.method
+                          and s.get("pair") == stage.pair)
+            best = search.get("best")
+            if not best:
+                entry.update(status="skipped", note="no finished search trial to take the config from")
+                save_manifest(study_dir, manifest)
+                continue
+        if stage.kind != "teachers" and get_method(stage.method).needs_teacher:
+            labels = [stage.pair] if stage.pair else [pair_label(p) for p in spec.pairs]
+            archs = {p["teacher"] for p in spec.pairs if pair_label(p) in labels}
+            missing = [a for a in archs if not spec.teacher_files(a, manifest["teachers"]).get("checkpoint")]
+            if missing:
+                raise StudyError(f"stage {stage.name} needs teacher(s) {', '.join(missing)}, which did not train; "
+                                 f"see `python -m study status {study_dir}` and resume with --retry-errored")
+        exp_dir = study_dir / stage.name
+        entry["status"] = "running"
+        save_manifest(study_dir, manifest)
+        if tn.can_restore(study_dir, stage):
+            print(f"== {stage.name}: resuming ({exp_dir})", flush=True)
+            if stage.kind == "search":
+                stale = tn.reconcile_optuna(spec, stage, study_dir)
+                if stale:
+                    print(f"   {stale} Optuna trial(s) left running by the dead driver marked failed", flush=True)
+            _hide_orphans(exp_dir)
+            tuner = tn.restore_tuner(stage, study_dir, resources, retry_errored=bool(retry_errored))
+        else:
+            if exp_dir.exists():  # started but never snapshotted: start over
+                exp_dir.rename(study_dir / f".{stage.name}.abandoned-{int(time.time())}")
+            if stage.kind == "search":
+                tn.forget_optuna_study(spec, stage, study_dir)
+            print(f"== {stage.name}: {_describe(spec, stage)}", flush=True)
+            tuner = tn.build_tuner(spec, stage, study_dir, resources, trained=manifest["teachers"], best=best,
+                                   verbose=verbose)
+        tuner.fit()
+        if not _all_finished(exp_dir):
+            entry["status"] = "interrupted"
+            save_manifest(study_dir, manifest)
+            raise Interrupted(f"stage {stage.name} was interrupted; continue with `python -m study resume {study_dir}`")
+        if stage.kind == "search":
+            tn.reconcile_optuna(spec, stage, study_dir, finished=True)
+        trials = experiment_trials(exp_dir)
+        entry["trials"] = len(trials)
+        entry["errored"] = sum(t["status"] == "ERROR" for t in trials)
+        entry["status"] = "done"
+        if stage.kind == "teachers":
+            manifest["teachers"].update(_teacher_files(spec, study_dir))
+            failed = [a for a in spec.archs_to_train() if a not in manifest["teachers"]]
+            if failed:
+                entry["status"] = "failed"
+                save_manifest(study_dir, manifest)
+                raise StudyError(f"teacher training failed for {', '.join(failed)}; see `python -m study status "
+                                 f"{study_dir}`, then `python -m study resume {study_dir} --retry-errored`")
+        if stage.kind == "search":
+            top = best_trial(study_dir, stage.name, metric, mode)
+            if top is not None:
+                entry.update(best=top["params"], best_trial=top["trial"], best_value=top[f"last {metric}"])
+        save_manifest(study_dir, manifest)
+    return manifest
+
+
+def _describe(spec: Spec, stage: Any) -> str:
+    if stage.kind == "teachers":
+        return f"training teacher(s) {', '.join(spec.archs_to_train())} for {spec.data['teacher']['epochs']} epochs"
+    if stage.kind == "search":
+        return f"Optuna search over {stage.method} on {stage.pair}, {spec.search['trials']} trials"
+    if stage.kind == "final":
+        return f"best {stage.method} config on {stage.pair} with seeds {spec.data['seeds']}"
+    return f"grid of {stage.method} over {len(spec.pairs)} pair(s) x seeds {spec.data['seeds']}"
+
+
+# -- summary and report ---------------------------------------------------------------------------------------
+def _mean_std(values: list[float]) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def summary(spec: Spec, study_dir: Path) -> str:
+    """Best config per method (and per pair), with mean ± std over seeds where there are several."""
+    metric = spec.data["metric"]
+    manifest = load_manifest(study_dir)
+    rows = trial_rows(study_dir, metric=metric, mode=spec.data["mode"])
+    lines = [f"study {spec.name}: {study_dir}"]
+    for arch, info in manifest.get("teachers", {}).items():
+        lines.append(f"  teacher {arch}: {metric} {info.get('val/top1') or float('nan'):.2f} -> {info['checkpoint']}")
+    for entry in manifest["stages"]:
+        stage_rows = [r for r in rows if r["stage"] == entry["name"] and r["state"] == "TERMINATED"]
+        errored = entry.get("errored") or 0
+        tail = f", {errored} errored" if errored else ""
+        if entry["kind"] == "search" and entry.get("best"):
+            knobs = [k for k in varying_keys(stage_rows) if k in entry["best"]]
+            config = ", ".join(f"{k}={_short(entry['best'][k])}" for k in knobs)
+            lines.append(f"  {entry['name']}: best {metric} {entry['best_value']:.2f} ({config or 'defaults'}){tail}")
+        elif entry["kind"] == "final" and stage_rows:
+            val = _mean_std([r[f"last {metric}"] for r in stage_rows])
+            test = _mean_std([r["test/top1"] for r in stage_rows])
+            lines.append(f"  {entry['name']}: {metric} {val}, test/top1 {test} over {len(stage_rows)} seed(s){tail}")
+        elif entry["kind"] == "grid" and stage_rows:
+            keys = [k for k in varying_keys(stage_rows, skip=("seed", "method")) if k != "seed"]
+            groups: dict[tuple, list[dict[str, Any]]] = {}
+            for r in stage_rows:
+                groups.setdefault(tuple(_short(r["params"].get(k)) for k in keys), []).append(r)
+            for key, members in groups.items():
+                label = ", ".join(f"{k}={v}" for k, v in zip(keys, key)) or "fixed config"
+                val = _mean_std([r[f"last {metric}"] for r in members])
+                test = _mean_std([r["test/top1"] for r in members])
+                lines.append(f"  {entry['name']} [{label}]: {metric} {val}, test/top1 {test}")
+        elif entry.get("status") != "done":
+            lines.append(f"  {entry['name']}: {entry.get('status')} {entry.get('note', '')}".rstrip())
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def build_report(study_dir: Path) -> str:
+    """Call the analysis package's ``build_report(study_dir)`` when it is there; say so when it is not."""
+    try:
+        from analysis.report import build_report as analysis_report
+    except ImportError:
+        return "report: not available in this checkout (analysis.report.build_report is missing)"
+    try:
+        out = analysis_report(study_dir)
+    except Exception as err:  # noqa: BLE001 - a failing report must not fail a finished study
+        return f"report: failed ({type(err).__name__}: {err})"
+    return f"report: {out}"
+
+
+def run_study(spec: Spec, study_dir: Path | None = None, *, address: str | None = None, resume: bool = False,
+              kinds: tuple[str, ...] | None = None, retry_errored: bool = False, verbose: int = 1,
+              report: bool | None = None) -> Path:
+    """Create (or resume) and run a study; prints progress and the summary. Returns the study dir."""
+    study_dir = Path(study_dir or study_dir_for(spec)).absolute()
+    if not resume and study_dir.exists():
+        init_study(spec, study_dir)  # raises the "already exists" SpecError
+    owned = connect_ray(address or spec.data["ray"]["address"], spec.data["ray"]["num_cpus"])
+    try:
+        resources = effective_resources(spec)
+        if not resume:
+            init_study(spec, study_dir)
+        print(f"study {spec.name}: {study_dir}", flush=True)
+        run_stages(spec, study_dir, resources, kinds=kinds, retry_errored=retry_errored, verbose=verbose)
+    finally:
+        if owned:
+            import ray
+
+            ray.shutdown()
+    print("", flush=True)
+    print(summary(spec, study_dir), flush=True)
+    manifest = load_manifest(study_dir)
+    complete = all(s.get("status") in DONE for s in manifest["stages"])
+    if complete and (spec.data["report"] if report is None else report):
+        print(build_report(study_dir), flush=True)
+    sys.stdout.flush()
+    return study_dir
+
+
+def remove_study(study_dir: Path) -> None:
+    """Delete a study dir (tests and `--overwrite`)."""
+    shutil.rmtree(study_dir, ignore_errors=True)

@@ -1,0 +1,342 @@
+"""Builds (or restores) the Ray Tune experiment of one study stage.
+
+One experiment per stage keeps each experiment's trials homogeneous (one method, one trainable, one
+Optuna study), so ``Tuner.restore`` has nothing to reconcile across methods, ``status`` and the analysis
+read each folder the same way, and the number of trials per method is exact. Stages:
+
+- ``teachers``: the ``teacher`` method, a grid over the teacher architectures to train.
+- ``search-<method>[-<pair>]``: ``OptunaSearch`` over the method's define-by-run space (``study.spaces``),
+  the paper defaults evaluated first, optional ASHA on the validation metric.
+- ``final-<method>[-<pair>]``: the best searched config re-run for every seed (``tune.grid_search``).
+- ``grid-<method>``: ``tune.grid_search`` over pairs x seeds x the spec's grid for that method.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from .spec import Spec, pair_label
+from .state import OPTUNA_FILE, experiment_trials
+
+RESOURCE_KEYS = ("cpu", "gpu")
+
+
+@dataclass
+class Stage:
+    """One Tune experiment of the study (stored in ``study.json``)."""
+
+    name: str
+    kind: str  # teachers | search | final | grid
+    method: str
+    pair: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "method": self.method, "pair": self.pair}
+
+
+def plan(spec: Spec) -> list[Stage]:
+    """The stages of a study, in the order they run."""
+    stages: list[Stage] = []
+    if spec.data["teacher"]["train"] and spec.archs_to_train():
+        stages.append(Stage("teachers", "teachers", "teacher"))
+    many = len(spec.pairs) > 1
+    for m in spec.methods:
+        if spec.search is None:
+            stages.append(Stage(f"grid-{m}", "grid", m))
+            continue
+        for pair in spec.pairs:
+            label = pair_label(pair)
+            suffix = f"-{label}" if many else ""
+            stages.append(Stage(f"search-{m}{suffix}", "search", m, label))
+            if spec.search["final"]:
+                stages.append(Stage(f"final-{m}{suffix}", "final", m, label))
+    return stages
+
+
+# -- picklable helpers (stored in the experiment's tuner.pkl) ------------------------------------------------------
+class Lookup:
+    """``tune.sample_from`` value: ``table[config[key]]`` (e.g. a pair's student from its label)."""
+
+    def __init__(self, key: str, table: Mapping[str, Any]) -> None:
+        self.key = key
+        self.table = dict(table)
+
+    def __call__(self, spec: Any) -> Any:
+        config = spec.get("config", spec) if isinstance(spec, Mapping) else spec
+        if isinstance(config, Mapping) and self.key not in config and "config" in config:
+            config = config["config"]
+        return self.table[config[self.key]]
+
+    def __repr__(self) -> str:
+        return f"Lookup({self.key})"
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folder names: ``<method>_<trial id>`` (the config is in ``params.json``)."""
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+class StudyProgress(Callback):
+    """One line per finished or failed trial, with the parameters that matter in its stage."""
+
+    def __init__(self, stage_name: str, keys: list[str]) -> None:
+        self.stage_name = stage_name
+        self.keys = keys
+
+    def _params(self, trial: Any) -> str:
+        parts = []
+        for key in self.keys:
+            if key in trial.config:
+                value = trial.config[key]
+                parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+        return ", ".join(parts)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
+        val, test = result.get("val/top1"), result.get("test/top1")
+        text = f"val/top1 {val:.2f}" if isinstance(val, (int, float)) else "no result"
+        if isinstance(test, (int, float)):
+            text += f", test/top1 {test:.2f}"
+        print(f"[{self.stage_name}] {trial} finished at epoch {result.get('epoch')}: {text} ({self._params(trial)})",
+              flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        from .state import read_error
+
+        message = ""
+        for folder in (trial.local_path, trial.path):
+            if folder and not message:
+                message = read_error(folder)
+        print(f"[{self.stage_name}] {trial} ERROR ({self._params(trial)}): {message}", flush=True)
+
+
+# -- pieces ----------------------------------------------------------------------------------------------------------
+def optuna_storage(study_dir: Path) -> Any:
+    from optuna.storages import RDBStorage
+
+    return RDBStorage(f"sqlite:///{(Path(study_dir) / OPTUNA_FILE).absolute()}")
+
+
+def optuna_study_name(spec: Spec, stage: Stage) -> str:
+    return f"{spec.name}/{stage.name}"
+
+
+def trainable(method: str, resources: Mapping[str, float]) -> Any:
+    from ray import tune
+
+    from .trainable import trainable_for
+
+    return tune.with_resources(trainable_for(method), {k: v for k, v in resources.items() if v})
+
+
+def _runtime_constants(spec: Spec, resources: Mapping[str, float]) -> dict[str, Any]:
+    gpu = float(resources.get("gpu", 0) or 0)
+    out: dict[str, Any] = {}
+    if 0 < gpu < 1 and "gpu_memory_fraction" not in spec.data["config"]:
+        out["gpu_memory_fraction"] = gpu  # several trials share a card: cap each process's share
+    return out
+
+
+def _pairs_space(spec: Spec, method: str, trained: Mapping[str, Any]) -> dict[str, Any]:
+    """Fixed keys of ``method`` over all pairs: constants where equal, a ``Lookup`` on ``pair`` elsewhere."""
+    from ray import tune
+
+    configs = {pair_label(p): spec.pair_config(method, p, trained) for p in spec.pairs}
+    labels = list(configs)
+    if len(labels) == 1:
+        return dict(configs[labels[0]])
+    keys = list(dict.fromkeys(k for cfg in configs.values() for k in cfg))
+    space: dict[str, Any] = {"pair": tune.grid_search(labels)}
+    for key in keys:
+        if key == "pair":
+            continue
+        values = [configs[label].get(key) for label in labels]
+        if all(json.dumps(v, default=str) == json.dumps(values[0], default=str) for v in values):
+            space[key] = values[0]
+        else:
+            space[key] = tune.sample_from(Lookup("pair", {label: configs[label].get(key) for label in labels}))
+    return space
+
+
+def _seeds(spec: Spec) -> Any:
+    from ray import tune
+
+    seeds = spec.data["seeds"]
+    return tune.grid_search(list(seeds)) if len(seeds) > 1 else seeds[0]
+
+
+def _run_config(spec: Spec, stage: Stage, study_dir: Path, verbose: int, show: list[str]) -> Any:
+    from ray import tune
+
+    return tune.RunConfig(
+        name=stage.name,
+        storage_path=str(study_dir),
+        failure_config=tune.FailureConfig(max_failures=int(spec.data["max_failures"])),
+        # num_to_keep also makes Tune snapshot the experiment every num_to_keep checkpoints of a trial.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=int(spec.data["checkpoint_keep"])),
+        sync_config=tune.SyncConfig(sync_artifacts=True),
+        verbose=verbose,
+        callbacks=[StudyProgress(stage.name, show)],
+    )
+
+
+# -- building ----------------------------------------------------------------------------------------------------
+def build_tuner(spec: Spec, stage: Stage, study_dir: Path, resources: Mapping[str, float], *,
+                trained: Mapping[str, Any] | None = None, best: Mapping[str, Any] | None = None,
+                verbose: int = 1) -> Any:
+    """A fresh ``tune.Tuner`` for ``stage`` (see the module docstring for what each kind runs)."""
+    from ray import tune
+
+    trained = trained or {}
+    metric, mode = spec.data["metric"], spec.data["mode"]
+    runtime = _runtime_constants(spec, resources)
+    search_alg = scheduler = None
+    num_samples = 1
+    show: list[str] = []
+    if stage.kind == "teachers":
+        archs = spec.archs_to_train()
+        folder = Path(study_dir) / "teachers" / "trajectories"
+        configs = {a: spec.teacher_config(a, str(folder / a)) for a in archs}
+        if len(archs) == 1:
+            space = dict(configs[archs[0]])
+        else:
+            space = {k: v for k, v in configs[archs[0]].items() if k not in ("teacher", "trajectory_dir")}
+            space["teacher"] = tune.grid_search(archs)
+            folders = {a: c["trajectory_dir"] for a, c in configs.items()}
+            space["trajectory_dir"] = tune.sample_from(Lookup("teacher", folders))
+        show = ["teacher"]
+    elif stage.kind == "grid":
+        space = _pairs_space(spec, stage.method, trained)
+        space["seed"] = _seeds(spec)
+        for key, values in spec.data["grid"].get(stage.method, {}).items():
+            space[key] = tune.grid_search(list(values))
+            show.append(key)
+        show += ["pair", "seed"] if len(spec.pairs) > 1 else ["seed"]
+    elif stage.kind == "final":
+        if not best:
+            raise ValueError(f"stage {stage.name} needs the best config of its search")
+        space = {k: v for k, v in best.items() if k != "seed"}
+        space["seed"] = _seeds(spec)
+        show = ["seed"]
+    elif stage.kind == "search":
+        from optuna.samplers import TPESampler
+        from ray.tune.search.optuna import OptunaSearch
+
+        pair = next(p for p in spec.pairs if pair_label(p) == stage.pair)
+        space = spec.pair_config(stage.method, pair, trained)
+        space["seed"] = spec.data["seeds"][0]
+        method_space = spec.method_space(stage.method, pair)
+        search = spec.search or {}
+        trials = int(search["trials"])
+        points = [method_space.default_point()] if search["defaults_first"] else []
+        sampler = TPESampler(seed=int(search["seed"]), n_startup_trials=max(1, min(10, trials // 2)))
+        search_alg = OptunaSearch(
+            method_space,
+            metric=metric,
+            mode=mode,
+            points_to_evaluate=[p for p in points if p] or None,
+            sampler=sampler,
+            study_name=optuna_study_name(spec, stage),
+            storage=optuna_storage(study_dir),
+        )
+        num_samples = trials
+        show = list(method_space.active_knobs())
+        if spec.data["scheduler"]:
+            from ray.tune.schedulers import ASHAScheduler
+
+            sched = spec.data["scheduler"]
+            epochs = int(method_space.base["epochs"])
+            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+                                      grace_period=int(sched["grace_period"]),
+                                      reduction_factor=float(sched["reduction_factor"]))
+    else:  # pragma: no cover - plan() only makes the kinds above
+        raise ValueError(f"unknown stage kind {stage.kind}")
+    space.update({k: v for k, v in runtime.items() if k not in space})
+
+    tune_config = tune.TuneConfig(
+        metric=metric,
+        mode=mode,
+        search_alg=search_alg,
+        scheduler=scheduler,
+        num_samples=num_samples,
+        max_concurrent_trials=spec.data["max_concurrent_trials"],
+        reuse_actors=True,
+        trial_dirname_creator=trial_dirname,
+    )
+    return tune.Tuner(
+        trainable(stage.method, resources),
+        param_space=space,
+        tune_config=tune_config,
+        run_config=_run_config(spec, stage, study_dir, verbose, show),
+    )
+
+
+def restore_tuner(stage: Stage, study_dir: Path, resources: Mapping[str, float], retry_errored: bool = False) -> Any:
+    """``Tuner.restore`` of a stage's experiment: unfinished trials continue, errored ones only on request."""
+    from ray import tune
+
+    return tune.Tuner.restore(
+        str(Path(study_dir) / stage.name),
+        trainable(stage.method, resources),
+        resume_unfinished=True,
+        resume_errored=retry_errored,
+    )
+
+
+def can_restore(study_dir: Path, stage: Stage) -> bool:
+    from ray import tune
+
+    path = Path(study_dir) / stage.name
+    return path.is_dir() and tune.Tuner.can_restore(str(path))
+
+
+# -- Optuna bookkeeping across driver crashes ------------------------------------------------------------
+def _matches(params: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
+    return all(k in config and config[k] == v for k, v in params.items())
+
+
+def reconcile_optuna(spec: Spec, stage: Stage, study_dir: Path, finished: bool = False) -> int:
+    """Fail Optuna trials left RUNNING by a dead driver; re-enqueue stale default points. Returns how many.
+
+    An Optuna trial created after the last experiment snapshot has no Tune trial to finish it: after a
+    restore it would stay RUNNING forever. It is kept only when an unfinished Tune trial of the restored
+    experiment has exactly its parameters (that trial will report to it). With ``finished`` every RUNNING
+    trial is stale (the experiment is over).
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = optuna_storage(study_dir)
+    try:
+        study = optuna.load_study(study_name=optuna_study_name(spec, stage), storage=storage)
+    except KeyError:
+        return 0
+    trials = [] if finished else experiment_trials(Path(study_dir) / stage.name)
+    pending = [t["config"] for t in trials if t["status"] not in ("TERMINATED", "ERROR")]
+    stale = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if any(_matches(trial.params, cfg) for cfg in pending):
+            continue
+        storage.set_trial_user_attr(trial._trial_id, "stale", "left running by a driver that died; failed on resume")
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        fixed = trial.system_attrs.get("fixed_params")
+        if fixed:
+            study.enqueue_trial(dict(fixed))  # a paper-defaults point must still be evaluated
+        stale += 1
+    return stale
+
+
+def forget_optuna_study(spec: Spec, stage: Stage, study_dir: Path) -> None:
+    """Drop a stage's Optuna study before its experiment starts over (no Tune state to restore)."""
+    import optuna
+
+    try:
+        optuna.delete_study(study_name=optuna_study_name(spec, stage), storage=optuna_storage(study_dir))
+    except KeyError:
+        pass

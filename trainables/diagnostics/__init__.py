@@ -1,0 +1,1 @@
+"""Diagnostics computed alongside training (supervision complexity, bound terms); one module each."""

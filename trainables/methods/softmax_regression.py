@@ -1,0 +1,244 @@
+"""Shared machinery of the softmax-regression family (SRRL, SimKD, IJCKD, teacher_head).
+
+All four map the student's last feature map through a connector into the teacher's feature space and
+read it with the teacher's frozen classifier. This module holds what they share: the connector built
+from probed shapes, the feature and logit MSE with their reductions, the prediction path, the views the
+error-bound diagnostics need, and the deployable export. It registers no method itself.
+
+Choices where the papers leave room (see README "Methods: the softmax-regression family"):
+
+* ``mse_reduction: mean`` (default) is ``F.mse_loss``: the mean over every element (batch x classes for
+  logits, batch x C x H x W for maps), as the official SRRL/SimKD code computes it. ``batchmean`` sums over
+  everything but the batch and averages over the batch (the ``||.||^2`` of the paper formulas).
+* ``fm_mode: spatial`` (default) compares connector output and teacher map element-wise, after spatial
+  alignment. ``fm_mode: pooled`` follows SRRL's official code: the student map is globally pooled *before*
+  the connector (which then acts on a 1x1 map), and the target is the pooled teacher vector. The
+  prediction path goes through that same pooled connector output, so training and evaluation agree.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..connectors import CONNECTOR_DEPTHS, FM_MODES, Connector, align_target, build_connector
+from ..errors import ConfigError
+from ..teacher import FrozenTeacher
+from .base import Method, MethodContext, check_choice, check_positive
+
+MSE_REDUCTIONS = ("mean", "batchmean")
+EXPORT_DIR = "export"
+EXPORT_FILE = "model.pt"
+
+
+def mse(prediction: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Squared error: ``mean`` over every element, or ``batchmean`` (sum per example, mean over batch)."""
+    if reduction == "mean":
+        return F.mse_loss(prediction, target)
+    if reduction == "batchmean":
+        return F.mse_loss(prediction, target, reduction="sum") / prediction.shape[0]
+    raise ValueError(f"mse_reduction must be one of {MSE_REDUCTIONS}, got {reduction!r}")
+
+
+def ijckd_loss(
+    logits_s: torch.Tensor,
+    logits_t: torch.Tensor,
+    target: torch.Tensor,
+    alpha_ce: float = 1.0,
+    alpha: float = 1.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """IJCKD's ``alpha_ce * CE(logits_s, y) + alpha * MSE(logits_s, logits_t)`` (the ``sr`` combination).
+
+    ``logits_s`` are the teacher head's logits on the student's connector output. With the worked
+    example of ``shared/reference/loss_vectors.md`` this is 0.324459 + 0.625 = 0.949459.
+    """
+    return alpha_ce * F.cross_entropy(logits_s, target) + alpha * mse(logits_s, logits_t, reduction)
+
+
+def probe_feature_shape(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> tuple[int, int, int]:
+    """``(C, H, W)`` of ``model.forward_features`` for one input shape (eval mode, no gradients)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        feats = model.forward_features(torch.zeros(2, *input_shape, device=device))
+    model.train(was_training)
+    return tuple(int(v) for v in feats.shape[1:])
+
+
+class TeacherHead(nn.Module):
+    """A copy of the teacher's head: global average pool, flatten, its linear classifier (frozen)."""
+
+    def __init__(self, classifier: nn.Linear) -> None:
+        super().__init__()
+        self.classifier = copy.deepcopy(classifier)
+        for p in self.classifier.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(features, 1), 1))
+
+
+class DeployedModel(nn.Module):
+    """Standalone predictor: student trunk -> (connector) -> teacher's pooling + classifier; no teacher trunk.
+
+    ``forward(x)`` gives the logits the method's ``predict`` gave at evaluation. Load a saved one with
+    ``torch.load(path, weights_only=False)`` (the ``trainables`` package must be importable).
+    """
+
+    def __init__(self, trunk: nn.Module, connector: nn.Module | None, head: nn.Module) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.connector = connector if connector is not None else nn.Identity()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.connector(self.trunk.forward_features(x)))
+
+
+def _without_classifier(model: nn.Module) -> nn.Module:
+    """A copy of a zoo model whose own (unused) classifier is replaced by ``Identity``."""
+    trunk = copy.deepcopy(model)
+    path = getattr(trunk, "classifier_path", None)
+    if path:
+        parent_name, _, attr = path.rpartition(".")
+        parent = trunk.get_submodule(parent_name) if parent_name else trunk
+        setattr(parent, attr, nn.Identity())
+    return trunk
+
+
+class SoftmaxRegressionMethod(Method):
+    """Base of the family: builds the connector and predicts through the teacher's frozen head.
+
+    ``uses_own_head`` (SRRL) makes evaluation use the student's own classifier instead.
+    ``connector_always`` False builds a connector only where channel counts differ (teacher_head).
+    """
+
+    uses_own_head: ClassVar[bool] = False
+    connector_always: ClassVar[bool] = True
+    has_feature_loss: ClassVar[bool] = True
+    """False (teacher_head): no feature target, so the student's map is never pooled before the connector."""
+
+    def __init__(
+        self, student: nn.Module, teacher: FrozenTeacher | None, cfg: Mapping[str, Any], ctx: MethodContext
+    ) -> None:
+        super().__init__(student, teacher, cfg, ctx)
+        if teacher is None:
+            raise ConfigError(f"method '{self.name}' needs a teacher (teacher and teacher_checkpoint)")
+        s_shape = probe_feature_shape(student, ctx.input_shape, ctx.device)
+        t_shape = probe_feature_shape(teacher.model, ctx.input_shape, ctx.device)
+        self.student_shape, self.teacher_shape = s_shape, t_shape
+        self.fm_mode = str(self.cfg.get("fm_mode", "spatial"))
+        self.mse_reduction = str(self.cfg.get("mse_reduction", "mean"))
+        self.connector: Connector | None = None
+        self.target_size = tuple(t_shape[1:])
+        if self.connector_always or s_shape[0] != t_shape[0]:
+            try:
+                self.connector, self.target_size = build_connector(
+                    s_shape,
+                    t_shape,
+                    int(self.cfg.get("connector_depth", 1)),
+                    int(self.cfg.get("connector_factor", 2)),
+                    self.fm_mode,
+                )
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            if not self.has_feature_loss:
+                self.connector.input_size = None
+
+    @staticmethod
+    def validate_connector_keys(cfg: Mapping[str, Any]) -> None:
+        """Check the keys every family member shares (called from each method's ``validate_config``)."""
+        check_choice("connector_depth", cfg.get("connector_depth", 1), CONNECTOR_DEPTHS)
+        factor = cfg.get("connector_factor", 2)
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor != int(factor) or factor < 1:
+            raise ConfigError(f"connector_factor must be an integer >= 1, got {factor!r}")
+        if "fm_mode" in cfg:
+            check_choice("fm_mode", cfg["fm_mode"], FM_MODES)
+        if "mse_reduction" in cfg:
+            check_choice("mse_reduction", cfg["mse_reduction"], MSE_REDUCTIONS)
+        check_positive(cfg, *(k for k in ("alpha_ce", "alpha", "beta") if k in cfg))
+
+    # -- the two paths -----------------------------------------------------------------------------------
+    def to_teacher_space(self, student_features: torch.Tensor) -> torch.Tensor:
+        """Connector output (or the features themselves where no connector is needed)."""
+        return self.connector(student_features) if self.connector is not None else student_features
+
+    def feature_loss(self, mapped: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+        """MSE between the connector output and the (aligned or pooled) teacher map."""
+        target = align_target(teacher_features, self.target_size)
+        return mse(mapped, target.to(mapped.dtype), self.mse_reduction)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uses_own_head:
+            return self.student(x)
+        return self.teacher.head(self.to_teacher_space(self.student.forward_features(x)))
+
+    def bound_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+        """Prediction logits and the teacher head on the student's (connected) features, from one pass."""
+        feats = self.student.forward_features(x)
+        via_teacher = self.teacher.head(self.to_teacher_space(feats))
+        pred = self.student.forward_head(feats) if self.uses_own_head else via_teacher
+        return pred, via_teacher, ""
+
+    # -- deployment --------------------------------------------------------------------------------------
+    def deployable(self) -> nn.Module:
+        """A standalone copy of the prediction path (CPU, eval mode, no gradients)."""
+        if self.uses_own_head:
+            model = copy.deepcopy(self.student)
+        else:
+            connector = copy.deepcopy(self.connector) if self.connector is not None else None
+            model = DeployedModel(_without_classifier(self.student), connector, TeacherHead(self.teacher.classifier()))
+        model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
+
+    def export_path(self) -> Path:
+        return self.ctx.workdir / EXPORT_DIR / EXPORT_FILE
+
+    def on_train_end(self, metrics: dict[str, float]) -> None:
+        if not self.cfg.get("export_model", True):
+            return
+        model = self.deployable()
+        self._check_export(model)
+        path = self.export_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(model, tmp)
+        tmp.replace(path)
+
+    def _check_export(self, model: nn.Module) -> None:
+        """Warn when the export disagrees with ``predict`` on a probe batch (it never should)."""
+        data = self.ctx.extras.get("data")
+        if data is None:
+            return
+        batch = next(iter(data.val.batches(64, shuffle=False, augment=False)))
+        was_training = self.training
+        self.eval()
+        with torch.inference_mode():
+            expected = self.predict(batch.x).float().cpu()
+            got = model(batch.x.float().cpu().contiguous())
+        self.train(was_training)
+        # loose on purpose: a GPU evaluates with TF32/cuDNN kernels, the export runs on the CPU
+        diff = (expected - got).abs().max().item()
+        scale = max(1.0, expected.abs().max().item())
+        if diff > 1e-2 * scale or (expected.argmax(1) != got.argmax(1)).float().mean().item() > 0.02:
+            warnings.warn(f"exported model differs from evaluation by up to {diff:.3g} in the logits", stacklevel=2)
+
+
+FAMILY_DEFAULTS: dict[str, Any] = {
+    "connector_depth": 1,
+    "connector_factor": 2,
+    "fm_mode": "spatial",
+    "mse_reduction": "mean",
+    "export_model": True,
+}
+"""Keys every member of the family shares (each method overrides what differs)."""
