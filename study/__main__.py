@@ -41,7 +41,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, _spec_sets(args))
     print(f"spec {args.spec} is valid; study dir: {study_dir_for(spec)}")
     for stage in plan(spec):
-        print(f"  stage {stage.name}: {stage.kind} of {stage.method}" + (f" on {stage.pair}" if stage.pair else ""))
+        what = "train teachers" if stage.kind == "teachers" else f"{stage.kind} of {stage.method}"
+        print(f"  stage {stage.name}: {what}" + (f" on {stage.pair}" if stage.pair else ""))
     return EXIT_OK
 
 
@@ -121,16 +122,12 @@ def cmd_teachers(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """Hand over to the benchmark package (``python -m benchmarks``) with the remaining arguments."""
     try:
-        from benchmarks.__main__ import main as bench_main
+        from benchmarks.throughput import main as bench_main
     except ImportError:
-        try:
-            from benchmarks.bench import main as bench_main
-        except ImportError:
-            return _fail("bench is not available in this checkout (the benchmarks package has no entry point yet)",
-                         EXIT_FAILED)
-    result = bench_main(args.rest)
-    return int(result or 0)
+        return _fail("bench is not available in this checkout (benchmarks.throughput is missing)", EXIT_FAILED)
+    return int(bench_main(args.rest) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:

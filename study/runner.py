@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .spec import SPEC_DEFAULTS, Spec, SpecError, pair_label, validate
+from .spec import Spec, SpecError, pair_label, validate
 from .state import (
     SPEC_FILE,
     experiment_trials,
@@ -28,6 +28,8 @@ from .state import (
 )
 
 DONE = ("done", "skipped")
+PAIR_DERIVED = ("student", "teacher", "teacher_checkpoint", "teacher_trajectory")
+"""Keys that follow from ``pair`` (left out of summaries that already show the pair)."""
 
 
 class StudyError(RuntimeError):
@@ -39,10 +41,8 @@ class Interrupted(RuntimeError):
 
 
 def study_dir_for(spec: Spec) -> Path:
-    """``<storage_path>/<name>`` (a URI storage path keeps the study's own files under ./studies)."""
-    storage = spec.data["storage_path"]
-    base = Path(storage) if "://" not in storage else Path(SPEC_DEFAULTS["storage_path"]).absolute()
-    return base / spec.name
+    """``<storage_path>/<name>``."""
+    return spec.study_dir
 
 
 def load_study_spec(study_dir: Path) -> Spec:
@@ -94,6 +94,15 @@ def effective_resources(spec: Spec) -> dict[str, float]:
             raise StudyError(f"resources.{key} is {wanted[key]:g} per trial but the cluster has "
                              f"{have.get(name, 0):g} {name}s")
     return wanted
+
+
+def teacher_resources(spec: Spec, resources: dict[str, float]) -> dict[str, float]:
+    """Teachers are few and everything waits for them: spread the cluster's CPUs over them (at most 8 each)."""
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", resources["cpu"]))
+    share = min(8.0, max(1.0, float(int(cpus // max(1, len(spec.archs_to_train()))))))
+    return {**resources, "cpu": max(float(resources["cpu"]), share)}
 
 
 # -- creating and running -------------------------------------------------------------------------------------
@@ -160,12 +169,15 @@ def best_trial(study_dir: Path, stage_name: str, metric: str, mode: str) -> dict
 
 
 def run_stages(spec: Spec, study_dir: Path, resources: dict[str, float], *, kinds: tuple[str, ...] | None = None,
-               retry_errored: bool = False, verbose: int = 1) -> dict[str, Any]:
+               retry_errored: bool = False, verbose: int = 1, callbacks: list | None = None) -> dict[str, Any]:
     """Run every unfinished stage (optionally only some kinds) in order; returns the final manifest."""
+    import optuna
+
     from trainables.methods import get_method
 
     from . import tuner as tn
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     manifest = load_manifest(study_dir)
     metric, mode = spec.data["metric"], spec.data["mode"]
     for entry in manifest["stages"]:
@@ -192,24 +204,33 @@ def run_stages(spec: Spec, study_dir: Path, resources: dict[str, float], *, kind
                 raise StudyError(f"stage {stage.name} needs teacher(s) {', '.join(missing)}, which did not train; "
                                  f"see `python -m study status {study_dir}` and resume with --retry-errored")
         exp_dir = study_dir / stage.name
+        stage_resources = teacher_resources(spec, resources) if stage.kind == "teachers" else resources
         entry["status"] = "running"
         save_manifest(study_dir, manifest)
-        if tn.can_restore(study_dir, stage):
+        restorable = tn.can_restore(study_dir, stage)
+        if restorable:
+            outcome = tn.recover_state(exp_dir)
+            if outcome == "recovered":
+                print(f"   {stage.name}: state files cut by the crash; restored from {tn.BACKUP}", flush=True)
+            elif outcome == "lost":
+                print(f"   {stage.name}: state files unreadable and no backup: the stage starts over", flush=True)
+                restorable = False
+        if restorable:
             print(f"== {stage.name}: resuming ({exp_dir})", flush=True)
             if stage.kind == "search":
                 stale = tn.reconcile_optuna(spec, stage, study_dir)
                 if stale:
                     print(f"   {stale} Optuna trial(s) left running by the dead driver marked failed", flush=True)
             _hide_orphans(exp_dir)
-            tuner = tn.restore_tuner(stage, study_dir, resources, retry_errored=bool(retry_errored))
+            tuner = tn.restore_tuner(stage, study_dir, stage_resources, retry_errored=bool(retry_errored))
         else:
             if exp_dir.exists():  # started but never snapshotted: start over
                 exp_dir.rename(study_dir / f".{stage.name}.abandoned-{int(time.time())}")
             if stage.kind == "search":
                 tn.forget_optuna_study(spec, stage, study_dir)
             print(f"== {stage.name}: {_describe(spec, stage)}", flush=True)
-            tuner = tn.build_tuner(spec, stage, study_dir, resources, trained=manifest["teachers"], best=best,
-                                   verbose=verbose)
+            tuner = tn.build_tuner(spec, stage, study_dir, stage_resources, trained=manifest["teachers"], best=best,
+                                   verbose=verbose, callbacks=callbacks)
         tuner.fit()
         if not _all_finished(exp_dir):
             entry["status"] = "interrupted"
@@ -278,7 +299,7 @@ def summary(spec: Spec, study_dir: Path) -> str:
             test = _mean_std([r["test/top1"] for r in stage_rows])
             lines.append(f"  {entry['name']}: {metric} {val}, test/top1 {test} over {len(stage_rows)} seed(s){tail}")
         elif entry["kind"] == "grid" and stage_rows:
-            keys = [k for k in varying_keys(stage_rows, skip=("seed", "method")) if k != "seed"]
+            keys = varying_keys(stage_rows, skip=("seed", "method", *PAIR_DERIVED))
             groups: dict[tuple, list[dict[str, Any]]] = {}
             for r in stage_rows:
                 groups.setdefault(tuple(_short(r["params"].get(k)) for k in keys), []).append(r)
@@ -311,8 +332,11 @@ def build_report(study_dir: Path) -> str:
 
 def run_study(spec: Spec, study_dir: Path | None = None, *, address: str | None = None, resume: bool = False,
               kinds: tuple[str, ...] | None = None, retry_errored: bool = False, verbose: int = 1,
-              report: bool | None = None) -> Path:
-    """Create (or resume) and run a study; prints progress and the summary. Returns the study dir."""
+              report: bool | None = None, callbacks: list | None = None) -> Path:
+    """Create (or resume) and run a study; prints progress and the summary. Returns the study dir.
+
+    ``callbacks``: extra Tune callbacks for the stages this call creates.
+    """
     study_dir = Path(study_dir or study_dir_for(spec)).absolute()
     if not resume and study_dir.exists():
         init_study(spec, study_dir)  # raises the "already exists" SpecError
@@ -322,7 +346,8 @@ def run_study(spec: Spec, study_dir: Path | None = None, *, address: str | None 
         if not resume:
             init_study(spec, study_dir)
         print(f"study {spec.name}: {study_dir}", flush=True)
-        run_stages(spec, study_dir, resources, kinds=kinds, retry_errored=retry_errored, verbose=verbose)
+        run_stages(spec, study_dir, resources, kinds=kinds, retry_errored=retry_errored, verbose=verbose,
+                   callbacks=callbacks)
     finally:
         if owned:
             import ray

@@ -149,11 +149,11 @@ register_space(
         "connector_factor": CONNECTOR_FACTOR,
     },
 )
-register_space("teacher_head", {"connector_depth": CONNECTOR_DEPTH, "connector_factor": CONNECTOR_FACTOR})
+register_space("teacher_head", {})  # the Table-5 baseline: only lr / weight_decay
 register_space(
     "ckd",
     {
-        "ckd_k": Knob(Choice((2, 3)), note="samples per comparison group"),
+        "ckd_group_size": Knob(Choice((2, 3)), note="k: samples per comparison group"),
         "ckd_beta": Knob(Float(0.1, 10.0, log=True)),
         "temperature": TEMPERATURE,
     },

@@ -131,13 +131,22 @@ def _child(node: Any, part: str, parts: list[str], create: bool) -> Any:
     return node[part]
 
 
+def suggest(word: str, choices) -> str:
+    """' (did you mean X?)': the closest choice, else the only one that starts with or contains ``word``."""
+    close = did_you_mean(word, choices)
+    if close:
+        return close
+    hits = [c for c in choices if str(c).startswith(word) or (len(word) >= 3 and word in str(c))]
+    return f" (did you mean '{hits[0]}'?)" if len(hits) == 1 else ""
+
+
 # -- small checks -----------------------------------------------------------------------------------------------
 def _check_keys(section: str, given: Mapping[str, Any], allowed: Mapping[str, Any] | set[str]) -> None:
     for key in given:
         if key not in allowed:
             where = f"{section}.{key}" if section else str(key)
             raise SpecError(
-                f"unknown spec key '{where}'{did_you_mean(str(key), allowed)}; allowed: {', '.join(sorted(allowed))}"
+                f"unknown spec key '{where}'{suggest(str(key), allowed)}; allowed: {', '.join(sorted(allowed))}"
             )
 
 
@@ -173,6 +182,30 @@ def _path(value: Any, key: str) -> str:
     return str(Path(os.path.expanduser(str(value))).absolute())
 
 
+def json_key(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def teacher_folder(study_dir: str | Path, arch: str) -> Path:
+    """Where the teacher stage writes ``arch``'s trajectory and ``final.pt``."""
+    return Path(study_dir) / "teachers" / "trajectories" / arch
+
+
+def grid_columns(key: str) -> list[str]:
+    """``a+b`` names keys that vary together (rows of values); ``a`` is one key."""
+    return [k.strip() for k in str(key).split("+")]
+
+
+def grid_rows(key: str, values: list[Any]) -> list[dict[str, Any]]:
+    """The variants one grid entry stands for: ``[{key: value}]``, or for ``a+b`` one dict per row."""
+    columns = grid_columns(key)
+    if len(columns) == 1:
+        return [{key: v} for v in values]
+    return [dict(zip(columns, row)) for row in values]
+
+
 def pair_label(pair: Mapping[str, str]) -> str:
     """The ``pair`` value trials carry: ``<teacher>-<student>``."""
     return f"{pair['teacher']}-{pair['student']}"
@@ -200,6 +233,21 @@ class Spec:
     @property
     def search(self) -> dict[str, Any] | None:
         return self.data["search"]
+
+    @property
+    def study_dir(self) -> Path:
+        """``<storage_path>/<name>`` (with a URI storage path the study's own files stay under ./studies)."""
+        storage = self.data["storage_path"]
+        base = Path(storage) if "://" not in storage else Path(SPEC_DEFAULTS["storage_path"]).absolute()
+        return base / self.name
+
+    def future_teachers(self, study_dir: str | Path | None = None) -> dict[str, dict[str, str]]:
+        """Files the teacher stage will write: ``{arch: {checkpoint, trajectory}}``."""
+        out = {}
+        for arch in self.archs_to_train():
+            folder = teacher_folder(study_dir or self.study_dir, arch)
+            out[arch] = {"checkpoint": str(folder / "final.pt"), "trajectory": str(folder)}
+        return out
 
     def teacher_archs(self) -> list[str]:
         """Teacher architectures some listed method needs (in pair order, unique)."""
@@ -273,10 +321,18 @@ class Spec:
         from trainables.methods import get_method
 
         cls = get_method(method)
-        cfg = self.pair_config(method, pair)
+        cfg = self.pair_config(method, pair, self.future_teachers())
         if cls.needs_teacher:
             cfg.setdefault("teacher_checkpoint", "<teacher>")
-        base = resolve_config({k: v for k, v in cfg.items() if k != "pair"})
+        cfg = {k: v for k, v in cfg.items() if k != "pair"}
+        try:
+            base = resolve_config(cfg)
+        except ConfigError:  # a check on teacher files not written yet: fill defaults without it
+            from trainables.config import LOOP_DEFAULTS, default_lr
+            from trainables.data import DATA_KEYS
+
+            base = {**LOOP_DEFAULTS, **DATA_KEYS, **cls.defaults, **cfg}
+            base["lr"] = base["lr"] if base["lr"] is not None else default_lr(base[cls.model_key])
         fixed = set(self.data["method_config"].get(method, {})) | set(self.data["config"])
         space_cfg = (self.search or {}).get("space", {}).get(method, {})
         overrides = {}
@@ -332,7 +388,7 @@ def validate(raw: Mapping[str, Any], probe: bool = True) -> Spec:
     data = spec["data"]
     if data["dataset"] not in list_datasets():
         raise SpecError(
-            f"unknown dataset '{data['dataset']}'{did_you_mean(str(data['dataset']), list_datasets())}; "
+            f"unknown dataset '{data['dataset']}'{suggest(str(data['dataset']), list_datasets())}; "
             f"allowed: {', '.join(list_datasets())}"
         )
     if data["root"] is not None:
@@ -353,7 +409,7 @@ def validate(raw: Mapping[str, Any], probe: bool = True) -> Spec:
     for m in methods:
         if m not in METHODS:
             raise SpecError(
-                f"unknown method '{m}'{did_you_mean(str(m), METHODS)}; allowed: {', '.join(sorted(METHODS))}"
+                f"unknown method '{m}'{suggest(str(m), METHODS)}; allowed: {', '.join(sorted(METHODS))}"
             )
         if m == "teacher":
             raise SpecError("'teacher' is not a study method: the teacher stage trains teachers (teacher.train)")
@@ -373,7 +429,7 @@ def validate(raw: Mapping[str, Any], probe: bool = True) -> Spec:
                 raise SpecError(f"pairs[{i}] needs '{role}' (an architecture)")
             if arch not in archs:
                 raise SpecError(
-                    f"unknown {role} architecture '{arch}' in pairs[{i}]{did_you_mean(str(arch), archs)}; "
+                    f"unknown {role} architecture '{arch}' in pairs[{i}]{suggest(str(arch), archs)}; "
                     f"allowed: {', '.join(archs)}"
                 )
     labels = [pair_label(p) for p in pairs]
@@ -390,7 +446,7 @@ def validate(raw: Mapping[str, Any], probe: bool = True) -> Spec:
             raise SpecError(f"'config.{key}' is set by the study (pairs, seeds, data, teacher); remove it from config")
         if key not in all_keys:
             raise SpecError(
-                f"unknown config key 'config.{key}'{did_you_mean(str(key), all_keys)}; "
+                f"unknown config key 'config.{key}'{suggest(str(key), all_keys)}; "
                 f"allowed: keys of the loop, data set or methods ({', '.join(sorted(all_keys))})"
             )
     _check_keys("method_config", spec["method_config"], set(methods))
@@ -401,7 +457,7 @@ def validate(raw: Mapping[str, Any], probe: bool = True) -> Spec:
                 raise SpecError(f"'method_config.{m}.{key}' is set by the study; remove it")
             if key not in method_keys[m]:
                 raise SpecError(
-                    f"method '{m}' has no config key '{key}'{did_you_mean(str(key), method_keys[m])}; "
+                    f"method '{m}' has no config key '{key}'{suggest(str(key), method_keys[m])}; "
                     f"allowed: {', '.join(sorted(method_keys[m]))}"
                 )
 
@@ -429,7 +485,7 @@ def validate(raw: Mapping[str, Any], probe: bool = True) -> Spec:
             raise SpecError(f"'teacher.config.{key}' is set by the study (use teacher.epochs / teacher.seed / data)")
         if key not in teacher_keys:
             raise SpecError(
-                f"unknown teacher config key 'teacher.config.{key}'{did_you_mean(str(key), teacher_keys)}; "
+                f"unknown teacher config key 'teacher.config.{key}'{suggest(str(key), teacher_keys)}; "
                 f"allowed: {', '.join(sorted(teacher_keys))}"
             )
     for section in ("checkpoints", "trajectories"):
@@ -437,7 +493,7 @@ def validate(raw: Mapping[str, Any], probe: bool = True) -> Spec:
         for arch, p in t[section].items():
             if arch not in archs:
                 raise SpecError(
-                    f"unknown architecture '{arch}' in teacher.{section}{did_you_mean(str(arch), archs)}; "
+                    f"unknown architecture '{arch}' in teacher.{section}{suggest(str(arch), archs)}; "
                     f"allowed: {', '.join(archs)}"
                 )
             t[section][arch] = _path(p, f"teacher.{section}.{arch}")
@@ -473,7 +529,7 @@ def validate(raw: Mapping[str, Any], probe: bool = True) -> Spec:
             for key, value in over.items():
                 if key not in knobs:
                     raise SpecError(
-                        f"'{key}' is not a search knob of '{m}'{did_you_mean(str(key), knobs)}; "
+                        f"'{key}' is not a search knob of '{m}'{suggest(str(key), knobs)}; "
                         f"allowed: {', '.join(knobs) or '(none)'}"
                     )
                 try:
@@ -492,15 +548,27 @@ def validate(raw: Mapping[str, Any], probe: bool = True) -> Spec:
             raise SpecError(f"'grid.{m}': method '{m}' is not in methods ({', '.join(methods)})")
         grid = spec["grid"][m] = _mapping(grid, f"grid.{m}")
         for key, values in grid.items():
-            if key in STUDY_MANAGED:
-                raise SpecError(f"'grid.{m}.{key}' is set by the study (use pairs / seeds)")
-            if key not in method_keys[m]:
-                raise SpecError(
-                    f"method '{m}' has no config key '{key}' (grid.{m}){did_you_mean(str(key), method_keys[m])}; "
-                    f"allowed: {', '.join(sorted(method_keys[m]))}"
-                )
+            columns = grid_columns(key)
+            for column in columns:
+                if column in STUDY_MANAGED:
+                    raise SpecError(f"'grid.{m}.{key}' is set by the study (use pairs / seeds)")
+                if column not in method_keys[m]:
+                    raise SpecError(
+                        f"method '{m}' has no config key '{column}' (grid.{m}){suggest(column, method_keys[m])}; "
+                        f"allowed: {', '.join(sorted(method_keys[m]))}"
+                    )
             if not isinstance(values, list) or not values:
                 raise SpecError(f"'grid.{m}.{key}' must be a non-empty list of values, got {values!r}")
+            if len(columns) > 1:
+                for row in values:
+                    if not isinstance(row, list) or len(row) != len(columns):
+                        raise SpecError(f"'grid.{m}.{key}': each row must list {len(columns)} values "
+                                        f"({', '.join(columns)}), got {row!r}")
+                firsts = [json_key(row[0]) for row in values]
+                if len(set(firsts)) != len(firsts):
+                    raise SpecError(f"'grid.{m}.{key}': the values of '{columns[0]}' must differ between rows")
+            elif len({json_key(v) for v in values}) != len(values):
+                raise SpecError(f"'grid.{m}.{key}' lists a value twice: {values}")
     if spec["scheduler"] is not None:
         given = _mapping(spec["scheduler"], "scheduler")
         _check_keys("scheduler", given, SCHEDULER_DEFAULTS)
@@ -529,19 +597,23 @@ def validate(raw: Mapping[str, Any], probe: bool = True) -> Spec:
     _int(spec["ray"]["num_cpus"], "ray.num_cpus", 1, allow_none=True)
 
     result = Spec(spec)
-    # every trial's fixed config through the real resolver (catches bad values and method-specific checks)
+    # every trial's fixed config through the real resolver (catches bad values and method-specific checks);
+    # checks on files the teacher stage has yet to write wait until it has written them
+    future = result.future_teachers() if t["train"] else {}
     for m in methods:
         for pair in pairs:
-            cfg = result.pair_config(m, pair)
-            if METHODS[m].needs_teacher:
-                cfg.setdefault("teacher_checkpoint", "<trained by the teacher stage>")
+            cfg = result.pair_config(m, pair, future)
             cfg.pop("pair")
             cfg["seed"] = seeds[0]
-            variants = [cfg] + [{**cfg, key: v} for key, values in spec["grid"].get(m, {}).items() for v in values]
+            pending = future.get(pair["teacher"], {}).get("trajectory") if METHODS[m].needs_teacher else None
+            variants = [cfg] + [{**cfg, **row} for key, values in spec["grid"].get(m, {}).items()
+                                for row in grid_rows(key, values)]
             for variant in variants:
                 try:
                     resolved = resolve_config(variant)
                 except ConfigError as err:
+                    if pending and pending in str(err):
+                        continue
                     raise SpecError(f"method '{m}' on {pair_label(pair)}: {err}") from None
             if spec["scheduler"] and spec["scheduler"]["grace_period"] > resolved["epochs"]:
                 raise SpecError(
@@ -570,40 +642,64 @@ def _probe_shape(spec: Spec) -> tuple[int, int]:
     return SHAPES.get(dataset, (10, 32))
 
 
-def _probe_data(num_classes: int, side: int) -> Any:
-    """A 16-image random data set of the study's shape, for methods that look at the data when built."""
+def _probe_data(num_classes: int, side: int, n: int) -> Any:
+    """``n`` random images of the study's shape, for methods that look at the data when built."""
     import torch
 
     from trainables.data import DataBundle, TensorSplit
 
     g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (16, 3, side, side), generator=g, dtype=torch.uint8)
-    labels = torch.arange(16) % num_classes
+    images = torch.randint(0, 256, (n, 3, side, side), generator=g, dtype=torch.uint8)
+    labels = torch.arange(n) % num_classes
     half = (0.5, 0.5, 0.5)
     split = TensorSplit(images, labels, half, half)
     return DataBundle("probe", split, split, split, num_classes, (3, side, side))
 
 
 PROBE_SETTINGS = {"device": "cpu", "amp": "off", "channels_last": False, "compile": False, "teacher_budget": None}
+PROBE_SIZES = (32, 512)
+"""Probe data sizes: small first; a method that needs more data when built (e.g. the 256 points of
+supervision complexity) gets the larger set before its error counts."""
+
+
+def _probe_one(cls: Any, cfg: dict[str, Any], pair: Mapping[str, str], num_classes: int, side: int, n: int) -> None:
+    import torch
+
+    from trainables import models
+    from trainables.methods import MethodContext
+    from trainables.teacher import FrozenTeacher
+
+    data = _probe_data(num_classes, side, n)
+    batch = next(data.train.batches(2, shuffle=False, augment=False))
+    torch.manual_seed(0)
+    student = models.create(pair["student"], num_classes=num_classes)
+    teacher = FrozenTeacher(models.create(pair["teacher"], num_classes=num_classes)) if cls.needs_teacher else None
+    ctx = MethodContext(num_classes, (3, side, side), torch.device("cpu"), Path("/nonexistent"), int(cfg["epochs"]),
+                        extras={"data": data})
+    method = cls(student, teacher, cfg, ctx)
+    method.train()
+    method.on_epoch_start(0)
+    with torch.no_grad():
+        out = method.training_step(batch, 0)
+        method.eval()
+        logits = method.predict(batch.x)
+    if out.logits.shape[-1] != num_classes or logits.shape[-1] != num_classes:
+        raise ValueError(f"logits have {logits.shape[-1]} classes, expected {num_classes}")
 
 
 def probe_pairs(spec: Spec) -> None:
-    """Build each (method, pair) on fresh models and run one training step's forward on two random images.
+    """Build each (method, pair) on fresh models; run its first epoch start and one step on two random images.
 
     Errors about files (a teacher trajectory not trained yet) are not connection problems and are ignored;
     anything else means the method cannot join this teacher and student.
     """
     import torch
 
-    from trainables import models
     from trainables.config import resolve_config
     from trainables.errors import CheckpointError, DataRootError, TeacherBudgetExceeded
-    from trainables.methods import MethodContext, get_method
-    from trainables.teacher import FrozenTeacher
+    from trainables.methods import get_method
 
     num_classes, side = _probe_shape(spec)
-    data = _probe_data(num_classes, side)
-    batch = next(data.train.batches(2, shuffle=False, augment=False))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -618,29 +714,20 @@ def probe_pairs(spec: Spec) -> None:
                     cfg = resolve_config(cfg)
                 except ConfigError:
                     continue  # the real config was validated above; a probe-only setting must not fail it
-                try:
-                    torch.manual_seed(0)
-                    student = models.create(pair["student"], num_classes=num_classes)
-                    teacher = None
-                    if cls.needs_teacher:
-                        teacher = FrozenTeacher(models.create(pair["teacher"], num_classes=num_classes))
-                    ctx = MethodContext(num_classes, (3, side, side), torch.device("cpu"), Path("/nonexistent"),
-                                        int(cfg["epochs"]), extras={"data": data})
-                    method = cls(student, teacher, cfg, ctx)
-                    method.train()
-                    with torch.no_grad():
-                        out = method.training_step(batch, 0)
-                        method.eval()
-                        logits = method.predict(batch.x)
-                    if out.logits.shape[-1] != num_classes or logits.shape[-1] != num_classes:
-                        raise ValueError(f"logits have {logits.shape[-1]} classes, expected {num_classes}")
-                except (CheckpointError, DataRootError, FileNotFoundError, TeacherBudgetExceeded):
-                    continue
-                except Exception as err:  # noqa: BLE001 - anything else: this pair does not connect
-                    text = " ".join(str(err).split())[:300]
-                    raise SpecError(
-                        f"method '{m}' cannot connect teacher '{pair['teacher']}' to student '{pair['student']}': "
-                        f"{type(err).__name__}: {text}"
-                    ) from None
+                sizes = PROBE_SIZES if side <= 64 else PROBE_SIZES[:1]
+                for i, n in enumerate(sizes):
+                    try:
+                        _probe_one(cls, cfg, pair, num_classes, side, n)
+                        break
+                    except (CheckpointError, DataRootError, FileNotFoundError, TeacherBudgetExceeded):
+                        break
+                    except Exception as err:  # noqa: BLE001 - anything else: this pair does not connect
+                        if isinstance(err, ConfigError) and i + 1 < len(sizes):
+                            continue  # maybe the probe data was too small: try the larger set
+                        text = " ".join(str(err).split())[:300]
+                        raise SpecError(
+                            f"method '{m}' cannot connect teacher '{pair['teacher']}' to student "
+                            f"'{pair['student']}': {type(err).__name__}: {text}"
+                        ) from None
     finally:
         torch.set_num_threads(threads)

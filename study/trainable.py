@@ -5,8 +5,9 @@ trial from the checkpoint recorded in its last *experiment* snapshot, which can 
 the trial itself already wrote to storage. Resuming from the lagging one would train those epochs again.
 So every checkpoint here carries ``meta.json`` (its epoch and the metrics history up to it), and a
 restored trial continues from the newest checkpoint found in its storage folder, first re-reporting the
-epochs whose results the dead driver never recorded (no epoch is trained twice, none goes missing from
-``result.json``).
+epochs whose results the dead driver never logged (no epoch is trained twice, none goes missing from
+``result.json``; the final epoch of a trial that finished unrecorded is reported again so Tune and its
+searcher learn the final result, so that one line may appear twice, with identical metrics).
 
 Each trial also appends one line per trained epoch to ``epoch_log.jsonl`` in its trial folder (written
 by the worker itself, so it survives a driver crash): an honest record of what was trained, by which
@@ -115,11 +116,39 @@ def display_order(metrics: dict[str, Any]) -> dict[str, Any]:
     return {**{k: metrics[k] for k in first}, **{k: v for k, v in metrics.items() if k not in first}}
 
 
-def _replay(reported_epoch: int, source: Path, meta: dict[str, Any]) -> None:
-    """Report the epochs after ``reported_epoch`` that a checkpoint holds but Tune never recorded."""
+def logged_epoch(trial_path: Path | None) -> int:
+    """The last epoch already in the trial's ``result.json`` on storage (0 if none or unreadable)."""
+    if trial_path is None:
+        return 0
+    last = 0
+    try:
+        for line in (trial_path / "result.json").read_text().splitlines():
+            try:
+                last = max(last, int(json.loads(line).get("epoch") or 0))
+            except (ValueError, TypeError, AttributeError):
+                continue  # a line cut by the crash
+    except OSError:
+        pass
+    return last
+
+
+def _replay(reported_epoch: int, source: Path, meta: dict[str, Any], epochs: int, logs_restored: bool) -> None:
+    """Report the epochs a checkpoint holds that the dead driver never logged, the newest with its checkpoint.
+
+    ``logs_restored``: Tune restored this trial from a checkpoint, and with it the trial's ``result.json``
+    (it appends to it); epochs already there are not reported again, except the final epoch of a finished
+    trial: the restored experiment must still learn the trial's final result (its searcher may not have
+    it), so that line can appear twice, with identical metrics. Without a checkpoint Tune starts the
+    trial's logs afresh, so the whole history is reported again.
+    """
     from ray import tune
 
-    missing = [m for m in meta["history"] if int(m["epoch"]) > reported_epoch]
+    done = max(reported_epoch, logged_epoch(_session_trial_path())) if logs_restored else 0
+    missing = [m for m in meta["history"] if int(m["epoch"]) > done]
+    if not missing and int(meta["epoch"]) >= epochs:
+        missing = [m for m in meta["history"] if int(m["epoch"]) == int(meta["epoch"])]
+    if not missing:
+        return
     for metrics in missing[:-1]:
         tune.report(display_order(metrics))
     # The newest one goes with its checkpoint, copied first: Tune may persist it under the same name.
@@ -157,7 +186,8 @@ def run_study_trial(config: dict[str, Any]) -> None:
         newest = newest_checkpoint(trial_path)
         if newest is not None and (resume_meta is None or newest[1]["epoch"] > resume_meta["epoch"]):
             resume_dir, resume_meta = newest
-            _replay(reported_epoch, resume_dir, resume_meta)
+            epochs = int(cfg.get("epochs", LOOP_DEFAULTS["epochs"]))
+            _replay(reported_epoch, resume_dir, resume_meta, epochs, logs_restored=tune_checkpoint is not None)
 
     if resume_dir is None and tune_checkpoint is not None:
         # Remote storage (no meta scan possible): trust Tune's checkpoint.

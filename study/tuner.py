@@ -14,14 +14,18 @@ read each folder the same way, and the number of trials per method is exact. Sta
 from __future__ import annotations
 
 import json
+import pickle
+import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
 
-from .spec import Spec, pair_label
+from .spec import Spec, grid_columns, grid_rows, json_key, pair_label, teacher_folder
 from .state import OPTUNA_FILE, experiment_trials
 
 RESOURCE_KEYS = ("cpu", "gpu")
@@ -63,15 +67,17 @@ def plan(spec: Spec) -> list[Stage]:
 class Lookup:
     """``tune.sample_from`` value: ``table[config[key]]`` (e.g. a pair's student from its label)."""
 
-    def __init__(self, key: str, table: Mapping[str, Any]) -> None:
+    def __init__(self, key: str, table: Mapping[Any, Any], by_json: bool = False) -> None:
         self.key = key
         self.table = dict(table)
+        self.by_json = by_json
 
     def __call__(self, spec: Any) -> Any:
         config = spec.get("config", spec) if isinstance(spec, Mapping) else spec
         if isinstance(config, Mapping) and self.key not in config and "config" in config:
             config = config["config"]
-        return self.table[config[self.key]]
+        value = config[self.key]
+        return self.table[json_key(value) if self.by_json else value]
 
     def __repr__(self) -> str:
         return f"Lookup({self.key})"
@@ -80,6 +86,24 @@ class Lookup:
 def trial_dirname(trial: Any) -> str:
     """Short trial folder names: ``<method>_<trial id>`` (the config is in ``params.json``)."""
     return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+class StudyOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that accepts results for trials the database already finished.
+
+    After a kill -9 the database can be ahead of the restored searcher: a trial that finished after the last
+    experiment snapshot was already told to Optuna, while the restored experiment still runs it (it
+    re-reports its final epoch and ends). Optuna refuses updates to a finished trial; the database already
+    holds the right value, so those reports are dropped instead of crashing the driver.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        import optuna
+
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
 
 
 class StudyProgress(Callback):
@@ -114,6 +138,40 @@ class StudyProgress(Callback):
             if folder and not message:
                 message = read_error(folder)
         print(f"[{self.stage_name}] {trial} ERROR ({self._params(trial)}): {message}", flush=True)
+
+
+class StateBackup(Callback):
+    """Keeps ``.state-backup/``: the last complete set of the experiment's state files.
+
+    Tune writes its state files into a local staging folder and copies them to the experiment folder in the
+    background; a driver killed during that copy leaves a truncated ``searcher-state-*.pkl`` or
+    ``experiment_state-*.json`` that ``Tuner.restore`` cannot read. ``on_step_end`` runs in the controller's
+    thread right after its snapshot, so the staged files are complete and consistent then: they are copied
+    to a new folder that replaces the backup by rename (a kill leaves the old backup or the new one whole).
+    """
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if not trials:
+            return
+        storage = trials[0].storage
+        try:
+            staging = Path(storage.experiment_driver_staging_path)
+            target = Path(storage.experiment_fs_path)
+            if type(storage.storage_filesystem).__name__ != "LocalFileSystem":
+                return
+        except Exception:  # noqa: BLE001 - a Ray internals change: no backup, no harm
+            return
+        states = sorted(staging.glob("experiment_state-*.json"))
+        if not states:
+            return
+        stamp = states[-1].stat().st_mtime
+        if stamp == self._last:
+            return
+        self._last = stamp
+        write_backup(staging, target)
 
 
 # -- pieces ----------------------------------------------------------------------------------------------------------
@@ -171,7 +229,8 @@ def _seeds(spec: Spec) -> Any:
     return tune.grid_search(list(seeds)) if len(seeds) > 1 else seeds[0]
 
 
-def _run_config(spec: Spec, stage: Stage, study_dir: Path, verbose: int, show: list[str]) -> Any:
+def _run_config(spec: Spec, stage: Stage, study_dir: Path, verbose: int, show: list[str],
+                callbacks: list | None = None) -> Any:
     from ray import tune
 
     return tune.RunConfig(
@@ -182,15 +241,18 @@ def _run_config(spec: Spec, stage: Stage, study_dir: Path, verbose: int, show: l
         checkpoint_config=tune.CheckpointConfig(num_to_keep=int(spec.data["checkpoint_keep"])),
         sync_config=tune.SyncConfig(sync_artifacts=True),
         verbose=verbose,
-        callbacks=[StudyProgress(stage.name, show)],
+        callbacks=[StudyProgress(stage.name, show), StateBackup(), *(callbacks or [])],
     )
 
 
 # -- building ----------------------------------------------------------------------------------------------------
 def build_tuner(spec: Spec, stage: Stage, study_dir: Path, resources: Mapping[str, float], *,
                 trained: Mapping[str, Any] | None = None, best: Mapping[str, Any] | None = None,
-                verbose: int = 1) -> Any:
-    """A fresh ``tune.Tuner`` for ``stage`` (see the module docstring for what each kind runs)."""
+                verbose: int = 1, callbacks: list | None = None) -> Any:
+    """A fresh ``tune.Tuner`` for ``stage`` (see the module docstring for what each kind runs).
+
+    ``callbacks``: extra Tune callbacks (picklable: they are stored with the experiment).
+    """
     from ray import tune
 
     trained = trained or {}
@@ -201,8 +263,7 @@ def build_tuner(spec: Spec, stage: Stage, study_dir: Path, resources: Mapping[st
     show: list[str] = []
     if stage.kind == "teachers":
         archs = spec.archs_to_train()
-        folder = Path(study_dir) / "teachers" / "trajectories"
-        configs = {a: spec.teacher_config(a, str(folder / a)) for a in archs}
+        configs = {a: spec.teacher_config(a, str(teacher_folder(study_dir, a))) for a in archs}
         if len(archs) == 1:
             space = dict(configs[archs[0]])
         else:
@@ -215,8 +276,13 @@ def build_tuner(spec: Spec, stage: Stage, study_dir: Path, resources: Mapping[st
         space = _pairs_space(spec, stage.method, trained)
         space["seed"] = _seeds(spec)
         for key, values in spec.data["grid"].get(stage.method, {}).items():
-            space[key] = tune.grid_search(list(values))
-            show.append(key)
+            columns = grid_columns(key)
+            rows = grid_rows(key, values)
+            space[columns[0]] = tune.grid_search([row[columns[0]] for row in rows])
+            for column in columns[1:]:  # varies with the first column: looked up from its value
+                space[column] = tune.sample_from(Lookup(columns[0], {json_key(r[columns[0]]): r[column] for r in rows},
+                                                        by_json=True))
+            show.extend(columns)
         show += ["pair", "seed"] if len(spec.pairs) > 1 else ["seed"]
     elif stage.kind == "final":
         if not best:
@@ -226,7 +292,6 @@ def build_tuner(spec: Spec, stage: Stage, study_dir: Path, resources: Mapping[st
         show = ["seed"]
     elif stage.kind == "search":
         from optuna.samplers import TPESampler
-        from ray.tune.search.optuna import OptunaSearch
 
         pair = next(p for p in spec.pairs if pair_label(p) == stage.pair)
         space = spec.pair_config(stage.method, pair, trained)
@@ -236,7 +301,7 @@ def build_tuner(spec: Spec, stage: Stage, study_dir: Path, resources: Mapping[st
         trials = int(search["trials"])
         points = [method_space.default_point()] if search["defaults_first"] else []
         sampler = TPESampler(seed=int(search["seed"]), n_startup_trials=max(1, min(10, trials // 2)))
-        search_alg = OptunaSearch(
+        search_alg = StudyOptunaSearch(
             method_space,
             metric=metric,
             mode=mode,
@@ -273,7 +338,7 @@ def build_tuner(spec: Spec, stage: Stage, study_dir: Path, resources: Mapping[st
         trainable(stage.method, resources),
         param_space=space,
         tune_config=tune_config,
-        run_config=_run_config(spec, stage, study_dir, verbose, show),
+        run_config=_run_config(spec, stage, study_dir, verbose, show, callbacks),
     )
 
 
@@ -294,6 +359,75 @@ def can_restore(study_dir: Path, stage: Stage) -> bool:
 
     path = Path(study_dir) / stage.name
     return path.is_dir() and tune.Tuner.can_restore(str(path))
+
+
+# -- experiment state files that survive a kill -9 ------------------------------------------------------------
+BACKUP = ".state-backup"
+STATE_GLOBS = ("*.json", "*.pkl")
+
+
+def write_backup(staging: Path, exp_dir: Path) -> None:
+    """Copy the staged state files (and ``tuner.pkl``) to ``exp_dir/.state-backup`` atomically."""
+    fresh = exp_dir / f"{BACKUP}.new"
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir(parents=True)
+    for pattern in STATE_GLOBS:
+        for path in staging.glob(pattern):
+            shutil.copy2(path, fresh / path.name)
+    if (exp_dir / "tuner.pkl").is_file():
+        shutil.copy2(exp_dir / "tuner.pkl", fresh / "tuner.pkl")
+    current, old = exp_dir / BACKUP, exp_dir / f"{BACKUP}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if current.exists():
+        current.rename(old)
+    fresh.rename(current)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _readable(path: Path) -> bool:
+    """Parses as JSON or unpickles (Tune stores some pickles under a .json name)."""
+    try:
+        json.loads(path.read_bytes().decode())
+        return True
+    except Exception:  # noqa: BLE001 - not JSON: maybe a pickle
+        pass
+    try:
+        with open(path, "rb") as fh:
+            pickle.load(fh)
+        return True
+    except Exception:  # noqa: BLE001 - truncated or otherwise unreadable
+        return False
+
+
+def _state_files(folder: Path) -> list[Path]:
+    return [p for pattern in STATE_GLOBS for p in folder.glob(pattern) if p.is_file()]
+
+
+def state_readable(folder: Path) -> bool:
+    files = _state_files(folder)
+    return any(p.name.startswith("experiment_state-") for p in files) and all(_readable(p) for p in files)
+
+
+def recover_state(exp_dir: Path) -> str:
+    """Make an experiment folder restorable after a kill: ``ok``, ``recovered`` (from the backup) or ``lost``."""
+    if state_readable(exp_dir):
+        return "ok"
+    backup = exp_dir / BACKUP
+    if not (backup.is_dir() and state_readable(backup)):
+        old = exp_dir / f"{BACKUP}.old"  # a kill between the two renames of write_backup
+        if old.is_dir() and state_readable(old):
+            backup = old
+        else:
+            return "lost"
+    broken = exp_dir / f".state-broken-{int(time.time())}"
+    broken.mkdir()
+    for path in _state_files(exp_dir):
+        if path.name != "tuner.pkl" or not _readable(path):
+            path.rename(broken / path.name)
+    for path in _state_files(backup):
+        if not (exp_dir / path.name).exists():
+            shutil.copy2(path, exp_dir / path.name)
+    return "recovered" if state_readable(exp_dir) else "lost"
 
 
 # -- Optuna bookkeeping across driver crashes ------------------------------------------------------------

@@ -1,0 +1,219 @@
+"""A study driver killed with SIGKILL mid-study resumes to completion; a study runs on a two-node Ray cluster.
+
+Both run ``python -m study`` as a subprocess (a driver cannot share this test session's ``ray.init``). Every
+process they start carries a unique marker in its environment; whatever is left of them afterwards (Ray
+agents orphaned by the kill, cluster nodes) is ended by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from study.state import experiment_trials, load_manifest, read_results
+
+pytestmark = [pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+MARKER = "KDSTUDY_TEST_PROCESS"
+
+
+def _env(marker: str, **extra: str) -> dict[str, str]:
+    env = {**os.environ, MARKER: marker, "OMP_NUM_THREADS": "1", "RAY_AIR_NEW_OUTPUT": "1", **extra}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def _marked_pids(marker: str) -> list[int]:
+    """Processes whose environment holds ``MARKER=marker``: exactly the ones this test started (and children)."""
+    needle = f"{MARKER}={marker}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if needle in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _end_marked(marker: str, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL, every process carrying the marker; wait until they are gone."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _marked_pids(marker):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.time() + grace
+        while time.time() < deadline and _marked_pids(marker):
+            time.sleep(0.3)
+        if not _marked_pids(marker):
+            return
+
+
+def _epoch_logs(exp_dir: Path) -> dict[str, list[dict]]:
+    logs = {}
+    for path in exp_dir.glob("*/epoch_log.jsonl"):
+        logs[path.parent.name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return logs
+
+
+def _study(cmd: list[str], marker: str, timeout: float, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "study", *cmd], cwd=REPO, env=_env(marker, **env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_sigkill_of_the_driver_then_resume(tmp_path):
+    spec = {
+        "name": "killed",
+        "storage_path": str(tmp_path),
+        "pairs": [{"teacher": "resnet8", "student": "resnet8"}],
+        "methods": ["ce"],
+        "config": {"epochs": 2, "batch_size": 64},
+        "search": {"trials": 3, "seed": 0, "final": False},
+        "resources": {"cpu": 1},
+        "ray": {"num_cpus": 2},
+    }
+    spec_path = tmp_path / "killed.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    study_dir = tmp_path / "killed"
+    exp_dir = study_dir / "search-ce"
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    try:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "study", "run", str(spec_path), "--no-report", "--verbose", "0"],
+            cwd=REPO, env=_env(first, TUNE_GLOBAL_CHECKPOINT_S="1"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            logs = _epoch_logs(exp_dir)
+            if any(len(lines) == 2 for lines in logs.values()):
+                break  # a trial trained its last epoch: kill now, others are mid-way or not started
+            assert driver.poll() is None, "the study ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            pytest.fail("no trial finished an epoch in time")
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        _end_marked(first)  # the killed driver's Ray and trial workers
+        before = _epoch_logs(exp_dir)
+        assert sum(len(v) for v in before.values()) < 6  # really mid-study
+
+        out = _study(["resume", str(study_dir), "--no-report", "--verbose", "0"], second, timeout=500,
+                     TUNE_GLOBAL_CHECKPOINT_S="1")
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "== search-ce: resuming" in out.stdout, out.stdout[-3000:]  # restored, not started over
+    finally:
+        for marker in (first, second):
+            _end_marked(marker)
+
+    trials = experiment_trials(exp_dir)
+    assert len(trials) == 3 and all(t["status"] == "TERMINATED" for t in trials)  # the trial count is honoured
+    after = _epoch_logs(exp_dir)
+    assert set(after) == {t["dir"].name for t in trials}
+    assert not list(study_dir.glob(".search-ce.abandoned-*"))
+    finished_before = [name for name, lines in before.items() if len(lines) == 2]
+    assert finished_before and set(finished_before) <= set(after)
+    for name, lines in after.items():
+        assert [ln["epoch"] for ln in lines] == [1, 2], (name, lines)  # every epoch trained exactly once
+        if len(before.get(name, [])) == 2:
+            assert lines == before[name]  # finished before the kill: not rerun
+        assert [r["epoch"] for r in read_results(exp_dir / name)] == [1, 2]
+        raw = [json.loads(x) for x in (exp_dir / name / "result.json").read_text().splitlines() if x]
+        assert [r["epoch"] for r in raw if r["epoch"] == 1] == [1]
+        # the final epoch may be re-reported once after the kill, never retrained: identical metrics
+        finals = {(r["train/loss"], r["time/epoch_s"], r["val/top1"]) for r in raw if r["epoch"] == 2}
+        assert len(finals) == 1
+    assert load_manifest(study_dir)["stages"][0]["status"] == "done"
+    study = optuna.load_study(study_name="killed/search-ce", storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
+    assert optuna.trial.TrialState.RUNNING not in states
+    # the searcher kept its history: the paper defaults were evaluated exactly once
+    defaults = [t for t in study.trials if t.params == {"lr": 0.05, "weight_decay": 5e-4}]
+    assert len([t for t in defaults if t.state == optuna.trial.TrialState.COMPLETE]) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_trial_study_on_a_two_node_cluster(tmp_path):
+    marker = uuid.uuid4().hex
+    port = _free_port()
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    temp_dir = f"/tmp/kdr{marker[:8]}"
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    common = ["--num-cpus", "1", "--block", "--disable-usage-stats"]
+    nodes: list[subprocess.Popen] = []
+    spec = {
+        "name": "cluster",
+        "storage_path": str(tmp_path),
+        "pairs": [{"teacher": "resnet8", "student": "resnet8"}],
+        "methods": ["ce"],
+        "config": {"epochs": 1, "batch_size": 64},
+        "seeds": [0, 1],
+        "resources": {"cpu": 1},
+    }
+    spec_path = tmp_path / "cluster.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    try:
+        head = [ray_bin, "start", "--head", "--port", str(port), "--temp-dir", temp_dir, "--include-dashboard=false"]
+        nodes.append(subprocess.Popen(head + common, env=_env(marker, **token), stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+        address = f"127.0.0.1:{port}"
+        probe = "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); print(len(ray.nodes()))"
+        deadline = time.time() + 120
+        worker_started = False
+        while time.time() < deadline:
+            out = subprocess.run([sys.executable, "-c", probe, address], env=_env(marker, **token),
+                                 capture_output=True, text=True, timeout=120)
+            if out.returncode == 0 and not worker_started:
+                nodes.append(subprocess.Popen([ray_bin, "start", "--address", address, *common],
+                                              env=_env(marker, **token), stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL))
+                worker_started = True
+            elif out.returncode == 0 and out.stdout.strip().endswith("2"):
+                break
+            time.sleep(2)
+        else:
+            pytest.fail("the two-node cluster did not come up")
+
+        out = _study(["run", str(spec_path), "--address", address, "--no-report", "--verbose", "1"], marker,
+                     timeout=400, **token)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "/2 CPUs" in out.stdout  # Tune saw both nodes' CPUs
+    finally:
+        for node in reversed(nodes):
+            node.send_signal(signal.SIGTERM)
+        for node in nodes:
+            try:
+                node.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                node.kill()
+        _end_marked(marker)
+        subprocess.run(["rm", "-rf", temp_dir], check=False)
+
+    trials = experiment_trials(tmp_path / "cluster" / "grid-ce")
+    assert len(trials) == 2 and all(t["status"] == "TERMINATED" for t in trials)
+    assert sorted(json.loads((t["dir"] / "params.json").read_text())["seed"] for t in trials) == [0, 1]
+    for t in trials:
+        assert [r["epoch"] for r in read_results(t["dir"])] == [1]
