@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .data import DATA_KEYS, list_datasets
+from .device import validate_device_keys
 from .errors import ConfigError, did_you_mean, unknown_choice
 
 LOOP_DEFAULTS: dict[str, Any] = {
@@ -37,6 +38,8 @@ LOOP_DEFAULTS: dict[str, Any] = {
     "channels_last": "auto",
     "compile": False,
     "gpu_memory_fraction": None,
+    "teacher_store": False,
+    "teacher_store_dir": None,
     "bound_metrics": True,
 }
 """Keys of the shared loop (see README "Config keys"); data keys live in ``trainables.data.DATA_KEYS``."""
@@ -115,5 +118,36 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     ):
         if out[key] not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got '{out[key]}'")
+    validate_device_keys(out)
+    _validate_teacher_store(out, method)
     method.validate_config(out)
     return out
+
+
+def _validate_teacher_store(out: Mapping[str, Any], method: Any) -> None:
+    """``teacher_store`` serves teacher outputs by example index, which is only right without augmentation."""
+    value = out["teacher_store"]
+    if not isinstance(value, bool):
+        raise ConfigError(f"teacher_store must be true or false; got '{value}'")
+    if not value:
+        return
+    if not getattr(method, "uses_teacher_store", False):
+        users = sorted(name for name, cls in _methods().items() if getattr(cls, "uses_teacher_store", False))
+        raise ConfigError(
+            f"teacher_store: true is not supported by method '{method.name}'; methods that use it: {', '.join(users)}"
+        )
+    if out["augment"]:
+        raise ConfigError(
+            "teacher_store: true needs augment: false (stored teacher outputs are per image, not per augmentation)"
+        )
+    if out.get("teacher_budget") is not None:
+        raise ConfigError(
+            "teacher_store: true does not combine with teacher_budget (the budget already caches the teacher's "
+            "logits, see teacher_cache_view); drop one of them"
+        )
+
+
+def _methods() -> dict[str, Any]:
+    from .methods import METHODS
+
+    return METHODS

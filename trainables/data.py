@@ -45,6 +45,8 @@ class Batch:
     x: torch.Tensor
     y: torch.Tensor
     index: torch.Tensor
+    augmented: bool = False
+    """Whether ``x`` went through random augmentation (a cache keyed by ``index`` is only valid when not)."""
 
 
 class Split:
@@ -75,10 +77,21 @@ def random_crop_flip(
     Returns (offset_y, offset_x, flip) on the images' device. Drawn on the CPU generator so that a
     seed gives the same augmentation whatever device the trial runs on.
     """
-    n = images.shape[0]
+    oy, ox, flip = draw_crop_flip(images.shape[0], padding, generator)
+    return oy.to(images.device), ox.to(images.device), flip.to(images.device)
+
+
+def draw_crop_flip(
+    n: int, padding: int, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` crop offsets (y, x), each uniform over 0..2*padding, and flip flags with probability 0.5, on the CPU.
+
+    torchvision's RandomCrop(padding=p) pads by p and draws the top-left corner uniformly from the
+    (2p + 1)^2 positions; RandomHorizontalFlip flips when a uniform draw is below 0.5. Same law here.
+    """
     offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
     flips = torch.rand(n, generator=generator) < 0.5
-    return offsets[0].to(images.device), offsets[1].to(images.device), flips.to(images.device)
+    return offsets[0], offsets[1], flips
 
 
 def apply_crop_flip(
@@ -86,16 +99,17 @@ def apply_crop_flip(
 ) -> torch.Tensor:
     """Zero-pad by ``padding`` and crop each image at its own offset, then flip the chosen ones.
 
-    Works on any dtype; one gather for the whole batch instead of a Python loop per image.
+    Works on any dtype and device; two ``torch.gather`` calls for the whole batch (rows, then columns with
+    the flip folded into the column index) instead of a Python loop per image. Exact: pure indexing.
     """
     n, c, h, w = images.shape
+    device = images.device
     padded = F.pad(images, (padding, padding, padding, padding))
-    rows = oy[:, None] + torch.arange(h, device=images.device)[None, :]
-    cols = ox[:, None] + torch.arange(w, device=images.device)[None, :]
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    batch_idx = torch.arange(n, device=images.device)[:, None, None, None]
-    chan_idx = torch.arange(c, device=images.device)[None, :, None, None]
-    return padded[batch_idx, chan_idx, rows[:, None, :, None], cols[:, None, None, :]]
+    rows = oy.to(device)[:, None] + torch.arange(h, device=device)[None, :]
+    cols = ox.to(device)[:, None] + torch.arange(w, device=device)[None, :]
+    cols = torch.where(flip.to(device)[:, None], cols.flip(1), cols)
+    out = torch.gather(padded, 2, rows[:, None, :, None].expand(n, c, h, w + 2 * padding))
+    return torch.gather(out, 3, cols[:, None, None, :].expand(n, c, h, w))
 
 
 class TensorSplit(Split):
@@ -123,6 +137,15 @@ class TensorSplit(Split):
     def device(self) -> torch.device:
         return self.images.device
 
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """Per-channel normalisation mean (what ``transforms.Normalize`` would be given)."""
+        return tuple(float(v) for v in self._mean.flatten().tolist())
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self._std.flatten().tolist())
+
     def to(self, device: torch.device | str) -> TensorSplit:
         """Move the whole split to ``device`` once; batches are then cut and augmented there."""
         self.images = self.images.to(device)
@@ -138,9 +161,9 @@ class TensorSplit(Split):
         return out
 
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        x = images_uint8.float().div_(255.0)
-        x = (x - self._mean) / self._std
-        return x.contiguous(memory_format=self.memory_format)
+        """uint8 -> float in [0, 1] -> (x - mean) / std: the same arithmetic as ToTensor + Normalize."""
+        x = images_uint8.contiguous(memory_format=self.memory_format).float().div_(255.0)
+        return x.sub_(self._mean).div_(self._std)
 
     def batches(
         self,
@@ -151,18 +174,28 @@ class TensorSplit(Split):
         generator: torch.Generator | None = None,
         drop_last_single: bool = True,
     ) -> Iterator[Batch]:
+        """Cut the split into batches on its device.
+
+        The epoch's order and all its augmentation parameters are drawn up front on the CPU generator
+        and copied to the device once, so the batches themselves never wait on the host.
+        """
         n = self.num_examples
+        device = self.images.device
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        order = order.to(self.images.device)
+        order = order.to(device)
+        if augment:
+            oy_all, ox_all, flip_all = (t.to(device) for t in draw_crop_flip(n, self.crop_padding, generator))
         for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            if drop_last_single and shuffle and idx.numel() == 1 and n > 1:
+            stop = min(start + batch_size, n)
+            if drop_last_single and shuffle and stop - start == 1 and n > 1:
                 break  # BatchNorm cannot train on a single example
+            idx = order[start:stop]
             imgs = self.images[idx]
             if augment:
-                oy, ox, flip = random_crop_flip(imgs, self.crop_padding, generator)
-                imgs = apply_crop_flip(imgs, self.crop_padding, oy, ox, flip)
-            yield Batch(self.normalize(imgs), self.labels[idx], idx)
+                imgs = apply_crop_flip(
+                    imgs, self.crop_padding, oy_all[start:stop], ox_all[start:stop], flip_all[start:stop]
+                )
+            yield Batch(self.normalize(imgs), self.labels[idx], idx, augmented=augment)
 
 
 class _IndexedDataset(torch.utils.data.Dataset):
@@ -230,7 +263,7 @@ class LoaderSplit(Split):
             if drop_last_single and shuffle and x.shape[0] == 1:
                 break
             x = x.to(self._device, non_blocking=True).contiguous(memory_format=self.memory_format)
-            yield Batch(x, y.to(self._device, non_blocking=True), idx.to(self._device))
+            yield Batch(x, y.to(self._device, non_blocking=True), idx.to(self._device), augmented=augment)
 
 
 @dataclass

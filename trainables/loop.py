@@ -9,6 +9,7 @@ together with a checkpoint from which ``resume_from`` continues exactly.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import tempfile
 import time
 from collections.abc import Mapping
@@ -22,12 +23,13 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import models
 from .config import resolve_config
-from .data import DataBundle, Split, build_data
-from .device import autocast_dtype, cap_gpu_memory, resolve_device, use_channels_last
+from .data import DATA_KEYS, DataBundle, Split, build_data
+from .device import autocast_dtype, cap_gpu_memory, configure_backends, resolve_device, use_channels_last
 from .errors import NonFiniteLossError
 from .methods import Method, MethodContext, get_method
 from .reporting import Reporter
 from .teacher import FrozenTeacher, load_teacher_model
+from .teacher_store import load_or_compute, store_key, teacher_file_id
 
 
 @dataclass
@@ -86,6 +88,7 @@ def build_trial(config: Mapping[str, Any], workdir: Path | None = None) -> Trial
     method_cls = get_method(cfg["method"])
     device = resolve_device(cfg)
     cap_gpu_memory(cfg, device)
+    configure_backends(device)
     amp_dtype = autocast_dtype(cfg, device)
     channels_last = use_channels_last(cfg, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -99,6 +102,8 @@ def build_trial(config: Mapping[str, Any], workdir: Path | None = None) -> Trial
         teacher_model = load_teacher_model(cfg["teacher"], cfg["teacher_checkpoint"], data.num_classes)
         teacher = FrozenTeacher(teacher_model, budget=cfg.get("teacher_budget"), autocast_dtype=amp_dtype)
         teacher.to(device, memory_format)
+        if cfg["teacher_store"]:
+            teacher.store = _train_teacher_store(cfg, teacher, data, amp_dtype)
     student = models.create(cfg[method_cls.model_key], num_classes=data.num_classes).to(device)
     ctx = MethodContext(
         num_classes=data.num_classes,
@@ -128,6 +133,23 @@ def build_trial(config: Mapping[str, Any], workdir: Path | None = None) -> Trial
     if cfg.get("compile"):
         step_fn = torch.compile(method.training_step)
     return Trial(cfg, data, method, teacher, optimizer, scheduler, device, amp_dtype, step_fn)
+
+
+def _train_teacher_store(
+    cfg: Mapping[str, Any], teacher: FrozenTeacher, data: DataBundle, amp_dtype: torch.dtype | None
+) -> Any:
+    """Teacher logits for the (un-augmented) training split, shared through ``teacher_store_dir`` if set."""
+    key = store_key(
+        teacher=cfg["teacher"],
+        teacher_file=teacher_file_id(cfg["teacher_checkpoint"]),
+        data={k: cfg[k] for k in DATA_KEYS if k != "num_workers"},
+        split="train",
+        amp=str(amp_dtype),
+        keep="logits",
+    )
+    return load_or_compute(
+        teacher, data.train, key, cfg["teacher_store_dir"], batch_size=int(cfg["eval_batch_size"])
+    )
 
 
 def _trial_state(trial: Trial, epochs_done: int) -> dict[str, Any]:
@@ -187,8 +209,11 @@ class NonFiniteWatch:
         )
 
 
-def train_one_epoch(trial: Trial, epoch: int) -> dict[str, float]:
-    """One pass over the training split; returns mean loss terms, train top-1 and throughput."""
+def train_one_epoch(trial: Trial, epoch: int, max_steps: int | None = None) -> dict[str, float]:
+    """One pass over the training split; returns mean loss terms, train top-1 and throughput.
+
+    ``max_steps`` stops the pass early (the benchmark times the loop on a few batches with it).
+    """
     method, cfg, device = trial.method, trial.cfg, trial.device
     method.train()
     method.on_epoch_start(epoch)
@@ -199,9 +224,10 @@ def train_one_epoch(trial: Trial, epoch: int) -> dict[str, float]:
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     start = time.perf_counter()
-    for batch in trial.data.train.batches(
+    batches = trial.data.train.batches(
         int(cfg["batch_size"]), shuffle=True, augment=bool(cfg["augment"]), generator=generator
-    ):
+    )
+    for batch in itertools.islice(batches, max_steps):
         with _autocast(device, trial.amp_dtype):
             result = trial.step_fn(batch, epoch)
         loss = sum(result.losses.values())

@@ -9,20 +9,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .errors import CheckpointError, TeacherBudgetExceeded
 
+if TYPE_CHECKING:
+    from .data import Batch
+    from .teacher_store import TeacherStore
+
 
 @dataclass
 class TeacherOutput:
-    """What one teacher pass yields: logits, the last feature map and the intermediate stages."""
+    """What one teacher pass yields: logits, the last feature map and the intermediate stages.
+
+    Outputs served from a ``TeacherStore`` have no ``stages`` (empty list) and ``features`` only when the
+    cache kept them (else None).
+    """
 
     logits: torch.Tensor
-    features: torch.Tensor
+    features: torch.Tensor | None
     stages: list[torch.Tensor]
 
 
@@ -41,6 +49,8 @@ class FrozenTeacher:
         self.budget = budget
         self.calls = 0
         self.autocast_dtype = autocast_dtype
+        self.store: TeacherStore | None = None
+        """Attached by the loop with ``teacher_store: true``; ``for_batch`` serves from it where valid."""
 
     def to(self, device: torch.device | str, memory_format: torch.memory_format | None = None) -> FrozenTeacher:
         self.model.to(device)
@@ -48,8 +58,12 @@ class FrozenTeacher:
             self.model.to(memory_format=memory_format)
         return self
 
+    @torch.compiler.disable
     def count(self, n: int) -> None:
-        """Add ``n`` images to the call count; exceeding a budget is an error, never silent."""
+        """Add ``n`` images to the call count; exceeding a budget is an error, never silent.
+
+        Kept out of ``torch.compile`` graphs: a traced counter is a guard that fails on every step.
+        """
         if self.budget is not None and self.calls + n > self.budget:
             raise TeacherBudgetExceeded(
                 f"teacher call budget of {self.budget} images exceeded ({self.calls} used, {n} more asked)"
@@ -59,15 +73,26 @@ class FrozenTeacher:
     def __call__(self, x: torch.Tensor) -> TeacherOutput:
         self.count(int(x.shape[0]))
         with torch.inference_mode():
-            if self.autocast_dtype is not None and x.device.type == "cuda":
-                with torch.autocast("cuda", dtype=self.autocast_dtype):
+            if self.autocast_dtype is not None:
+                with torch.autocast(x.device.type, dtype=self.autocast_dtype):
                     stages = self.model.forward_stages(x)
                     logits = self.model.forward_head(stages[-1])
             else:
                 stages = self.model.forward_stages(x)
                 logits = self.model.forward_head(stages[-1])
-        stages = [s.float().clone() for s in stages]
-        return TeacherOutput(logits=logits.float().clone(), features=stages[-1], stages=stages)
+        stages = [_to_normal_fp32(s) for s in stages]
+        return TeacherOutput(logits=_to_normal_fp32(logits), features=stages[-1], stages=stages)
+
+    def for_batch(self, batch: Batch) -> TeacherOutput:
+        """Teacher outputs for a *training* batch: from the attached store when it is valid for the batch
+        (no augmentation; looked up by ``batch.index``), else a forward pass on ``batch.x``.
+
+        Methods that only need logits (or the last feature map) call this instead of ``teacher(batch.x)``
+        to benefit from ``teacher_store``; it is not meant for batches of other splits.
+        """
+        if self.store is not None and self.store.serves(batch):
+            return self.store.lookup(batch.index)
+        return self(batch.x)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         """The teacher's frozen pooling + classifier on (student) features; gradients flow to the input."""
@@ -85,6 +110,14 @@ class FrozenTeacher:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.calls = int(state.get("calls", 0))
+
+
+def _to_normal_fp32(t: torch.Tensor) -> torch.Tensor:
+    """An fp32 copy outside inference mode (losses may save it for backward).
+
+    A bf16 output is copied by the cast itself; only fp32 outputs need an explicit clone.
+    """
+    return t.float() if t.dtype != torch.float32 else t.clone()
 
 
 def load_teacher_model(arch: str, checkpoint: str | Path, num_classes: int) -> nn.Module:

@@ -62,6 +62,9 @@ class Method(nn.Module):
     model_key: ClassVar[str] = "student"
     """Which config key names the architecture that trains (the ``teacher`` method trains ``teacher``)."""
     summary: ClassVar[str] = ""
+    uses_teacher_store: ClassVar[bool] = False
+    """True when the method reads the teacher only through ``teacher.for_batch(batch)`` (logits or the last
+    feature map), so ``teacher_store: true`` can serve it from per-example stored outputs."""
 
     def __init__(
         self, student: nn.Module, teacher: FrozenTeacher | None, cfg: Mapping[str, Any], ctx: MethodContext

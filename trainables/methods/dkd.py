@@ -23,6 +23,7 @@ class DKD(Method):
     name = "dkd"
     defaults = {"ce_weight": 1.0, "dkd_alpha": 1.0, "dkd_beta": 8.0, "temperature": 4.0, "warmup_epochs": 20}
     summary = "decoupled KD: target (TCKD) and non-target (NCKD) terms with linear warm-up"
+    uses_teacher_store = True
 
     @staticmethod
     def validate_config(cfg: Mapping[str, Any]) -> None:
@@ -31,7 +32,7 @@ class DKD(Method):
 
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
         logits = self.student(batch.x)
-        teacher_logits = self.teacher(batch.x).logits
+        teacher_logits = self.teacher.for_batch(batch).logits
         warmup = max(float(self.cfg["warmup_epochs"]), 1.0)
         ramp = min((epoch + 1) / warmup, 1.0)
         tckd, nckd = dkd_loss(

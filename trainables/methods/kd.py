@@ -25,6 +25,7 @@ class KD(Method):
     name = "kd"
     defaults = {"ce_weight": 1.0, "kd_weight": 1.0, "temperature": 4.0}
     summary = "Hinton KD: CE + T^2 KL(teacher || student)"
+    uses_teacher_store = True
 
     @staticmethod
     def validate_config(cfg: Mapping[str, Any]) -> None:
@@ -50,10 +51,10 @@ class KD(Method):
         return StepResult(logits, losses)
 
     def teacher_logits(self, batch: Batch):
-        """Teacher logits for this batch: from the cache under a budget, else a teacher call."""
+        """Teacher logits for this batch: from the cache under a budget, else the teacher (or its store)."""
         if self.cache is not None:
             return self.cache.lookup(batch.index)
-        return self.teacher(batch.x).logits
+        return self.teacher.for_batch(batch).logits
 
     def extra_state(self) -> dict[str, Any]:
         return {"teacher_cache": self.cache.state()} if self.cache is not None else {}
