@@ -223,7 +223,8 @@ def find_experiment_dirs(root: Path) -> list[Path]:
     found = {p.parent for p in root.glob("experiment_state-*.json")}
     found |= {p.parent for p in root.glob("*/experiment_state-*.json")}
     found |= {p.parent for p in root.glob("*/*/experiment_state-*.json")}
-    return sorted(found)
+    # Hidden folders (the study's ``.state-backup/`` copies of the state files) are not experiments.
+    return sorted(d for d in found if not any(part.startswith(".") for part in d.relative_to(root).parts))
 
 
 def _state(ray_status: str | None, has_error: bool, rows: list[dict[str, Any]]) -> str:

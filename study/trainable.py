@@ -1,8 +1,9 @@
 """The Ray Tune function trainable a study runs: the shared loop, with a resume that never repeats an epoch.
 
-Why not just ``trainables.trainable.run_tune_trial``: after a kill -9 of the driver, Tune restores each
-trial from the checkpoint recorded in its last *experiment* snapshot, which can lag behind the checkpoints
-the trial itself already wrote to storage. Resuming from the lagging one would train those epochs again.
+Why more than ``train(config, reporter, resume_from=tune.get_checkpoint())``: after a kill -9 of the
+driver, Tune restores each trial from the checkpoint recorded in its last *experiment* snapshot, which
+can lag behind the checkpoints the trial itself already wrote to storage. Resuming from the lagging
+one would train those epochs again.
 So every checkpoint here carries ``meta.json`` (its epoch and the metrics history up to it), and a
 restored trial continues from the newest checkpoint found in its storage folder, first re-reporting the
 epochs whose results the dead driver never logged (no epoch is trained twice, none goes missing from

@@ -75,7 +75,7 @@ def runs(digits_teacher, tmp_path_factory):
 @pytest.mark.parametrize("name", list(RUNS))
 def test_family_learns_well_above_chance(runs, name):
     final = runs[name]["final"]
-    assert final["val/top1"] >= 35.0 and final["test/top1"] >= 35.0, final  # chance is 10 %
+    assert final["val/top1"] >= 25.0 and final["test/top1"] >= 25.0, final  # chance is 10 %; 2 epochs
     assert {k[len("train/loss_"):] for k in final if k.startswith("train/loss_")} == TERMS[name]
 
 

@@ -1,7 +1,7 @@
 """Where the loop's per-epoch metrics and checkpoints go.
 
 The loop calls ``reporter(metrics, checkpoint_dir)`` once per epoch. Under Ray Tune that is
-``tune.report`` (see ``trainables.trainable``); outside Ray, ``RunDirReporter`` writes the same things
+``tune.report`` (see ``study.trainable``); outside Ray, ``RunDirReporter`` writes the same things
 to a plain folder so a run can be debugged, resumed and inspected without Ray.
 """
 
