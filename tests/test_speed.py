@@ -168,14 +168,13 @@ def test_fp32_and_bf16_paths_both_train(tmp_path, amp, dtype):
     assert 0.0 <= acc["top1"] <= 100.0
 
 
-def test_amp_and_channels_last_auto_are_on_for_gpu_only():
+def test_amp_auto_is_off_on_cpu_and_channels_last_follows_onednn():
     from trainables.device import autocast_dtype
 
     cpu = torch.device("cpu")
     assert autocast_dtype({"amp": "auto"}, cpu) is None
     assert autocast_dtype({"amp": "bf16"}, cpu) == torch.bfloat16
-    assert use_channels_last({"channels_last": "auto"}, cpu) is False
-    assert use_channels_last({"channels_last": True}, cpu) is True
+    assert use_channels_last({"channels_last": "auto"}, cpu) == torch.backends.mkldnn.is_available()
     assert use_channels_last({"channels_last": False}, torch.device("cuda")) is False
     with pytest.raises(ConfigError, match="amp must be one of"):
         resolve_config({"amp": "fp16"})
