@@ -26,17 +26,6 @@ import torch.nn.functional as F
 
 from .errors import ConfigError, DataRootError, unknown_choice
 
-CIFAR_MEAN = {
-    "cifar100": (0.5071, 0.4865, 0.4409),
-    "cifar10": (0.4914, 0.4822, 0.4465),
-}
-CIFAR_STD = {
-    "cifar100": (0.2673, 0.2564, 0.2762),
-    "cifar10": (0.2470, 0.2435, 0.2616),
-}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 @dataclass
 class Batch:
@@ -67,18 +56,6 @@ class Split:
 
     def __len__(self) -> int:
         return self.num_examples
-
-
-def random_crop_flip(
-    images: torch.Tensor, padding: int, generator: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw per-image crop offsets in [0, 2*padding] and flip flags, as torchvision's RandomCrop+Flip do.
-
-    Returns (offset_y, offset_x, flip) on the images' device. Drawn on the CPU generator so that a
-    seed gives the same augmentation whatever device the trial runs on.
-    """
-    oy, ox, flip = draw_crop_flip(images.shape[0], padding, generator)
-    return oy.to(images.device), ox.to(images.device), flip.to(images.device)
 
 
 def draw_crop_flip(
@@ -301,14 +278,53 @@ DATA_KEYS: dict[str, Any] = {
 }
 """Config keys that choose and shape the data, with their defaults."""
 
-_BUILDERS: dict[str, Callable[[Mapping[str, Any]], DataBundle]] = {}
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a data set is, declared once where it is registered; its builder and study validation read it.
+
+    ``num_classes`` and ``image_size`` are numbers, or the config key that sets them (synthetic data).
+    ``folders`` must exist under the data root (checked before any trial runs); ``mean``/``std`` are the
+    normalisation statistics (None: measured on the training images when the data set is built).
+    """
+
+    name: str
+    num_classes: int | str
+    image_size: int | str
+    needs_root: bool = False
+    folders: tuple[str, ...] = ()
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    how: str = ""
+    """How to get the data (the end of a missing-data error)."""
+
+    def shape(self, cfg: Mapping[str, Any]) -> tuple[int, int]:
+        """``(num_classes, image side)`` for a config (keys missing from ``cfg`` take their defaults)."""
+        return self._resolve(self.num_classes, cfg), self._resolve(self.image_size, cfg)
+
+    @staticmethod
+    def _resolve(value: int | str, cfg: Mapping[str, Any]) -> int:
+        return int(cfg.get(value, DATA_KEYS[value])) if isinstance(value, str) else value
+
+    def missing_folder(self, root: str | os.PathLike) -> Path | None:
+        """The first declared folder absent under ``root`` (None when all are there)."""
+        for folder in self.folders:
+            if not (Path(root) / folder).exists():
+                return Path(root) / folder
+        return None
 
 
-def register_dataset(name: str) -> Callable:
-    """Register a builder ``cfg -> DataBundle`` under ``name``."""
+Builder = Callable[[Mapping[str, Any]], DataBundle]
+_BUILDERS: dict[str, Builder] = {}
+DATASETS: dict[str, DatasetInfo] = {}
+"""Every registered data set's declaration, by name."""
 
-    def wrap(fn: Callable[[Mapping[str, Any]], DataBundle]) -> Callable[[Mapping[str, Any]], DataBundle]:
-        _BUILDERS[name] = fn
+
+def register_dataset(info: DatasetInfo) -> Callable[[Builder], Builder]:
+    """Register a builder ``cfg -> DataBundle`` under ``info.name``, with its declaration."""
+
+    def wrap(fn: Builder) -> Builder:
+        _BUILDERS[info.name] = fn
+        DATASETS[info.name] = info
         return fn
 
     return wrap
@@ -316,6 +332,13 @@ def register_dataset(name: str) -> Callable:
 
 def list_datasets() -> list[str]:
     return sorted(_BUILDERS)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The declaration of a registered data set; an unknown name is a ConfigError listing the choices."""
+    if name not in DATASETS:
+        raise unknown_choice("dataset", name, DATASETS)
+    return DATASETS[name]
 
 
 def build_data(cfg: Mapping[str, Any]) -> DataBundle:
@@ -384,7 +407,7 @@ def _tensor_bundle(
     )
 
 
-@register_dataset("digits")
+@register_dataset(DatasetInfo("digits", num_classes=10, image_size=32))
 def _digits(cfg: Mapping[str, Any]) -> DataBundle:
     """scikit-learn's bundled 8x8 handwritten digits, upsampled to 32x32 RGB: runs offline anywhere.
 
@@ -393,9 +416,11 @@ def _digits(cfg: Mapping[str, Any]) -> DataBundle:
     """
     from sklearn.datasets import load_digits
 
+    info = DATASETS["digits"]
     digits = load_digits()
     images = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
-    images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
+    side = info.image_size
+    images = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
     images = (images.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1)
     labels = torch.from_numpy(digits.target).long()
     rest, test = split_indices(len(labels), 0.2, seed=0, labels=digits.target)
@@ -404,48 +429,61 @@ def _digits(cfg: Mapping[str, Any]) -> DataBundle:
     mean = tuple(float(v) for v in train_imgs.float().div(255).mean(dim=(0, 2, 3)))
     std = tuple(float(v) for v in train_imgs.float().div(255).std(dim=(0, 2, 3)))
     return _tensor_bundle(
-        "digits", train_imgs, labels[rest_t], images[test_t], labels[test_t], 10, mean, std, cfg
+        "digits", train_imgs, labels[rest_t], images[test_t], labels[test_t], info.num_classes, mean, std, cfg
     )
 
 
-@register_dataset("synthetic")
+@register_dataset(
+    DatasetInfo("synthetic", "synthetic_classes", "synthetic_image_size", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+)
 def _synthetic(cfg: Mapping[str, Any]) -> DataBundle:
     """Random images and labels of a chosen shape: for benchmarks and tests, not for accuracy."""
+    info = DATASETS["synthetic"]
     size = int(cfg.get("synthetic_size", DATA_KEYS["synthetic_size"]))
-    classes = int(cfg.get("synthetic_classes", DATA_KEYS["synthetic_classes"]))
-    side = int(cfg.get("synthetic_image_size", DATA_KEYS["synthetic_image_size"]))
+    classes, side = info.shape(cfg)
     g = torch.Generator().manual_seed(1234)
     n_test = max(classes, size // 5)
     images = torch.randint(0, 256, (size + n_test, 3, side, side), generator=g, dtype=torch.uint8)
     labels = torch.randint(0, classes, (size + n_test,), generator=g)
-    half = (0.5, 0.5, 0.5)
     return _tensor_bundle(
-        "synthetic", images[:size], labels[:size], images[size:], labels[size:], classes, half, half, cfg
+        "synthetic", images[:size], labels[:size], images[size:], labels[size:], classes, info.mean, info.std, cfg
     )
 
 
-def _require_root(cfg: Mapping[str, Any], dataset: str, expected: str, how: str) -> Path:
+def _require_root(cfg: Mapping[str, Any], info: DatasetInfo) -> Path:
+    """The data root of ``cfg`` holding every folder ``info`` declares (unless ``download`` may fetch them)."""
     root = cfg.get("data_root")
     if not root:
-        raise DataRootError(f"dataset '{dataset}' needs data_root (a local folder); {how}")
+        raise DataRootError(f"dataset '{info.name}' needs data_root (a local folder); {info.how}")
     path = Path(os.path.expanduser(str(root))).absolute()
-    if not (path / expected).exists() and not cfg.get("download"):
-        raise DataRootError(f"dataset '{dataset}' not found: expected {path / expected}; {how}")
+    missing = info.missing_folder(path)
+    if missing is not None and not cfg.get("download"):
+        raise DataRootError(f"dataset '{info.name}' not found: expected {missing}; {info.how}")
     return path
 
 
-def _cifar(cfg: Mapping[str, Any], name: str) -> DataBundle:
-    from torchvision import datasets
-
-    cls, folder, classes = {
-        "cifar100": (datasets.CIFAR100, "cifar-100-python", 100),
-        "cifar10": (datasets.CIFAR10, "cifar-10-batches-py", 10),
-    }[name]
-    how = (
+def _cifar_how(folder: str) -> str:
+    return (
         f"download and extract the python version from https://www.cs.toronto.edu/~kriz/cifar.html "
         f"into data_root (giving data_root/{folder}), or set download: true on a machine with internet"
     )
-    root = _require_root(cfg, name, folder, how)
+
+
+CIFAR100 = DatasetInfo(
+    "cifar100", 100, 32, needs_root=True, folders=("cifar-100-python",),
+    mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), how=_cifar_how("cifar-100-python"),
+)
+CIFAR10 = DatasetInfo(
+    "cifar10", 10, 32, needs_root=True, folders=("cifar-10-batches-py",),
+    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), how=_cifar_how("cifar-10-batches-py"),
+)
+
+
+def _cifar(cfg: Mapping[str, Any], info: DatasetInfo) -> DataBundle:
+    from torchvision import datasets
+
+    cls = {"cifar100": datasets.CIFAR100, "cifar10": datasets.CIFAR10}[info.name]
+    root = _require_root(cfg, info)
     download = bool(cfg.get("download", False))
     train = cls(str(root), train=True, download=download)
     test = cls(str(root), train=False, download=download)
@@ -454,20 +492,27 @@ def _cifar(cfg: Mapping[str, Any], name: str) -> DataBundle:
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
 
     (tri, trl), (tei, tel) = to_tensor(train), to_tensor(test)
-    return _tensor_bundle(name, tri, trl, tei, tel, classes, CIFAR_MEAN[name], CIFAR_STD[name], cfg)
+    return _tensor_bundle(info.name, tri, trl, tei, tel, info.num_classes, info.mean, info.std, cfg)
 
 
-@register_dataset("cifar100")
+@register_dataset(CIFAR100)
 def _cifar100(cfg: Mapping[str, Any]) -> DataBundle:
-    return _cifar(cfg, "cifar100")
+    return _cifar(cfg, CIFAR100)
 
 
-@register_dataset("cifar10")
+@register_dataset(CIFAR10)
 def _cifar10(cfg: Mapping[str, Any]) -> DataBundle:
-    return _cifar(cfg, "cifar10")
+    return _cifar(cfg, CIFAR10)
 
 
-@register_dataset("imagenet")
+IMAGENET = DatasetInfo(
+    "imagenet", 1000, 224, needs_root=True, folders=("train", "val"),
+    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+    how="arrange ILSVRC-2012 as data_root/train/<wnid>/*.JPEG and data_root/val/<wnid>/*.JPEG",
+)
+
+
+@register_dataset(IMAGENET)
 def _imagenet(cfg: Mapping[str, Any]) -> DataBundle:
     """ImageNet as ImageFolder ``data_root/train`` and ``data_root/val`` (one folder per class).
 
@@ -476,11 +521,8 @@ def _imagenet(cfg: Mapping[str, Any]) -> DataBundle:
     """
     from torchvision import datasets, transforms
 
-    how = "arrange ILSVRC-2012 as data_root/train/<wnid>/*.JPEG and data_root/val/<wnid>/*.JPEG"
-    root = _require_root(cfg, "imagenet", "train", how)
-    if not (root / "val").exists():
-        raise DataRootError(f"dataset 'imagenet' not found: expected {root / 'val'}; {how}")
-    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    root = _require_root(cfg, IMAGENET)
+    normalize = transforms.Normalize(IMAGENET.mean, IMAGENET.std)
     train_tf = transforms.Compose(
         [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]
     )
@@ -501,5 +543,5 @@ def _imagenet(cfg: Mapping[str, Any]) -> DataBundle:
         val=LoaderSplit(train_eval, train_eval, va.tolist(), workers),
         test=LoaderSplit(test, test, None, workers),
         num_classes=len(train_aug.classes),
-        input_shape=(3, 224, 224),
+        input_shape=(3, IMAGENET.image_size, IMAGENET.image_size),
     )
