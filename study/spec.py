@@ -7,14 +7,14 @@ caught here, not in trial 17 an hour later. Pairs are probed by building each me
 initialised models and running one forward pass on two random images (catches a pair a method cannot
 connect).
 
-``SPEC_DEFAULTS`` is the whole format (README "Study specs" documents each key).
+The format itself (keys, types, defaults, checks across sections) is ``study.spec_schema``'s pydantic
+models (README "Spec keys" documents each key); this module adds what needs the whole validated spec.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,53 +22,19 @@ from typing import Any
 
 import yaml
 
-from trainables.errors import ConfigError, did_you_mean
+from trainables.errors import ConfigError
 
-from .spaces import Choice, MethodSpace, available_knobs, parse_dist
-
-SPEC_DEFAULTS: dict[str, Any] = {
-    "name": None,
-    "description": "",
-    "storage_path": "./studies",
-    "data": {"dataset": "digits", "root": None},
-    "teacher": {"train": True, "epochs": 240, "seed": 0, "config": {}, "checkpoints": {}, "trajectories": {}},
-    "pairs": [],
-    "methods": [],
-    "config": {},
-    "method_config": {},
-    "seeds": [0],
-    "search": None,
-    "grid": {},
-    "scheduler": None,
-    "resources": {"cpu": 1, "gpu": 0},
-    "max_concurrent_trials": None,
-    "max_failures": 1,
-    "checkpoint_keep": 2,
-    "metric": "val/top1",
-    "mode": "max",
-    "report": True,
-    "ray": {"address": None, "num_cpus": None},
-}
-SEARCH_DEFAULTS: dict[str, Any] = {"trials": 8, "seed": 0, "defaults_first": True, "final": True, "space": {}}
-SCHEDULER_DEFAULTS: dict[str, Any] = {"type": "asha", "grace_period": 1, "reduction_factor": 2}
-PAIR_KEYS = ("teacher", "student")
-
-STUDY_MANAGED = ("method", "student", "teacher", "teacher_checkpoint", "seed", "dataset", "data_root")
-"""Trial keys the study sets itself (from pairs, seeds, data, the teacher stage); not allowed in ``config``."""
+from .spaces import MethodSpace, available_knobs, parse_dist
+from .spec_schema import STUDY_MANAGED as STUDY_MANAGED  # the spec's vocabulary, re-exported
+from .spec_schema import SpecError, StudySpec, grid_columns, parse_spec
+from .spec_schema import json_key as json_key
+from .spec_schema import suggest as suggest
 
 RUNTIME_KEYS = ("device", "amp", "channels_last", "compile", "eval_batch_size", "gpu_memory_fraction", "batch_size")
 """Global ``config`` keys that also apply to the teacher stage (besides data keys)."""
 
 TRAJECTORY_KEY = "teacher_trajectory"
 """Config key through which a method (online distillation) receives the teacher's checkpoint trajectory."""
-
-DATA_FOLDERS = {"cifar100": "cifar-100-python", "cifar10": "cifar-10-batches-py", "imagenet": "train"}
-SHAPES = {"cifar100": (100, 32), "cifar10": (10, 32), "imagenet": (1000, 224), "digits": (10, 32)}
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class SpecError(ConfigError):
-    """A spec problem, as one line for the person who wrote the spec."""
 
 
 # -- loading and overrides ----------------------------------------------------------------------------------
@@ -131,71 +97,9 @@ def _child(node: Any, part: str, parts: list[str], create: bool) -> Any:
     return node[part]
 
 
-def suggest(word: str, choices) -> str:
-    """' (did you mean X?)': the closest choice, else the only one that starts with or contains ``word``."""
-    close = did_you_mean(word, choices)
-    if close:
-        return close
-    hits = [c for c in choices if str(c).startswith(word) or (len(word) >= 3 and word in str(c))]
-    return f" (did you mean '{hits[0]}'?)" if len(hits) == 1 else ""
-
-
-# -- small checks -----------------------------------------------------------------------------------------------
-def _check_keys(section: str, given: Mapping[str, Any], allowed: Mapping[str, Any] | set[str]) -> None:
-    for key in given:
-        if key not in allowed:
-            where = f"{section}.{key}" if section else str(key)
-            raise SpecError(
-                f"unknown spec key '{where}'{suggest(str(key), allowed)}; allowed: {', '.join(sorted(allowed))}"
-            )
-
-
-def _mapping(value: Any, key: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise SpecError(f"'{key}' must be a mapping, got {type(value).__name__} {value!r}")
-    return dict(value)
-
-
-def _int(value: Any, key: str, low: int | None = None, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"'{key}' must be an integer, got {value!r}")
-    if low is not None and value < low:
-        raise SpecError(f"'{key}' must be >= {low}, got {value}")
-    return value
-
-
-def _number(value: Any, key: str, low: float = 0.0, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"'{key}' must be a number, got {value!r}")
-    if value < low or (strict and value == low):
-        raise SpecError(f"'{key}' must be {'>' if strict else '>='} {low}, got {value}")
-    return value
-
-
-def _path(value: Any, key: str) -> str:
-    if not isinstance(value, (str, os.PathLike)) or not str(value):
-        raise SpecError(f"'{key}' must be a path, got {value!r}")
-    return str(Path(os.path.expanduser(str(value))).absolute())
-
-
-def json_key(value: Any) -> str:
-    import json
-
-    return json.dumps(value, sort_keys=True, default=str)
-
-
 def teacher_folder(study_dir: str | Path, arch: str) -> Path:
     """Where the teacher stage writes ``arch``'s trajectory and ``final.pt``."""
     return Path(study_dir) / "teachers" / "trajectories" / arch
-
-
-def grid_columns(key: str) -> list[str]:
-    """``a+b`` names keys that vary together (rows of values); ``a`` is one key."""
-    return [k.strip() for k in str(key).split("+")]
 
 
 def grid_rows(key: str, values: list[Any]) -> list[dict[str, Any]]:
@@ -238,7 +142,8 @@ class Spec:
     def study_dir(self) -> Path:
         """``<storage_path>/<name>`` (with a URI storage path the study's own files stay under ./studies)."""
         storage = self.data["storage_path"]
-        base = Path(storage) if "://" not in storage else Path(SPEC_DEFAULTS["storage_path"]).absolute()
+        default = StudySpec.model_fields["storage_path"].default
+        base = Path(storage) if "://" not in storage else Path(default).absolute()
         return base / self.name
 
     def future_teachers(self, study_dir: str | Path | None = None) -> dict[str, dict[str, str]]:
@@ -356,290 +261,88 @@ def load_spec(path: str | os.PathLike, sets: list[str] | None = None, probe: boo
 
 
 def validate(raw: Mapping[str, Any], probe: bool = True) -> Spec:
-    """Check every key and value; fill defaults; resolve paths. Raises SpecError (one line)."""
-    from trainables import models
-    from trainables.config import allowed_keys, resolve_config
-    from trainables.data import list_datasets
-    from trainables.methods import METHODS
+    """Check every key and value; fill defaults; resolve paths. Raises SpecError (one line).
 
-    raw = dict(raw)
-    _check_keys("", raw, SPEC_DEFAULTS)
-    spec: dict[str, Any] = copy.deepcopy(SPEC_DEFAULTS)
-    for key, value in raw.items():
-        if isinstance(SPEC_DEFAULTS[key], dict) and key not in ("search", "scheduler"):
-            given = _mapping(value, key)
-            if key in ("data", "teacher", "resources", "ray"):
-                _check_keys(key, given, SPEC_DEFAULTS[key])
-                spec[key].update(given)
-            else:
-                spec[key] = given
-        else:
-            spec[key] = value
+    The steps: the spec's own format (``spec_schema``: types, ranges, registries, checks across sections),
+    then every trial's and teacher's config through the trials' own resolver, then the files trials will
+    read, then (``probe``) one step of every method on every pair.
+    """
+    spec = Spec(parse_spec(raw).model_dump())
+    check_trial_configs(spec)
+    check_teacher_configs(spec)
+    _check_files(spec)
+    if probe:
+        probe_pairs(spec)
+    return spec
 
-    name = spec["name"]
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise SpecError(f"'name' must be letters, digits, '_', '-' or '.', got {name!r}")
-    if not isinstance(spec["storage_path"], str) or not spec["storage_path"]:
-        raise SpecError(f"'storage_path' must be a folder or URI, got {spec['storage_path']!r}")
-    if "://" not in spec["storage_path"]:
-        spec["storage_path"] = _path(spec["storage_path"], "storage_path")
 
-    # data
-    data = spec["data"]
-    if data["dataset"] not in list_datasets():
-        raise SpecError(
-            f"unknown dataset '{data['dataset']}'{suggest(str(data['dataset']), list_datasets())}; "
-            f"allowed: {', '.join(list_datasets())}"
-        )
-    if data["root"] is not None:
-        data["root"] = _path(data["root"], "data.root")
-    if data["dataset"] in DATA_FOLDERS:
-        if not data["root"]:
-            raise SpecError(f"dataset '{data['dataset']}' needs data.root (a local folder holding it)")
-        expected = Path(data["root"]) / DATA_FOLDERS[data["dataset"]]
-        if not expected.exists():
-            raise SpecError(f"data root for '{data['dataset']}' not found: expected {expected}")
+def _variants(spec: Spec, method: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """``cfg`` and each grid variant of it."""
+    grid = spec.data["grid"].get(method, {})
+    return [cfg] + [{**cfg, **row} for key, values in grid.items() for row in grid_rows(key, values)]
 
-    # methods and pairs
-    methods = spec["methods"]
-    if isinstance(methods, str):
-        methods = spec["methods"] = [methods]
-    if not isinstance(methods, list) or not methods:
-        raise SpecError("'methods' must be a non-empty list of method names; allowed: " + ", ".join(sorted(METHODS)))
-    for m in methods:
-        if m not in METHODS:
-            raise SpecError(
-                f"unknown method '{m}'{suggest(str(m), METHODS)}; allowed: {', '.join(sorted(METHODS))}"
-            )
-        if m == "teacher":
-            raise SpecError("'teacher' is not a study method: the teacher stage trains teachers (teacher.train)")
-    if len(set(methods)) != len(methods):
-        raise SpecError(f"'methods' lists a method twice: {methods}")
-    pairs = spec["pairs"]
-    if not isinstance(pairs, list) or not pairs:
-        raise SpecError("'pairs' must be a non-empty list of {teacher: ARCH, student: ARCH}")
-    archs = models.list_models()
-    for i, pair in enumerate(pairs):
-        if not isinstance(pair, Mapping):
-            raise SpecError(f"pairs[{i}] must be a mapping {{teacher: ARCH, student: ARCH}}, got {pair!r}")
-        _check_keys(f"pairs[{i}]", pair, set(PAIR_KEYS))
-        for role in PAIR_KEYS:
-            arch = pair.get(role)
-            if arch is None:
-                raise SpecError(f"pairs[{i}] needs '{role}' (an architecture)")
-            if arch not in archs:
-                raise SpecError(
-                    f"unknown {role} architecture '{arch}' in pairs[{i}]{suggest(str(arch), archs)}; "
-                    f"allowed: {', '.join(archs)}"
-                )
-    labels = [pair_label(p) for p in pairs]
-    if len(set(labels)) != len(labels):
-        raise SpecError(f"'pairs' lists a pair twice: {labels}")
 
-    # fixed config
-    all_keys: set[str] = set()
-    method_keys = {m: allowed_keys(METHODS[m].defaults) for m in methods}
-    for keys in method_keys.values():
-        all_keys |= keys
-    for key in spec["config"]:
-        if key in STUDY_MANAGED:
-            raise SpecError(f"'config.{key}' is set by the study (pairs, seeds, data, teacher); remove it from config")
-        if key not in all_keys:
-            raise SpecError(
-                f"unknown config key 'config.{key}'{suggest(str(key), all_keys)}; "
-                f"allowed: keys of the loop, data set or methods ({', '.join(sorted(all_keys))})"
-            )
-    _check_keys("method_config", spec["method_config"], set(methods))
-    for m, cfg in spec["method_config"].items():
-        cfg = spec["method_config"][m] = _mapping(cfg, f"method_config.{m}")
-        for key in cfg:
-            if key in STUDY_MANAGED:
-                raise SpecError(f"'method_config.{m}.{key}' is set by the study; remove it")
-            if key not in method_keys[m]:
-                raise SpecError(
-                    f"method '{m}' has no config key '{key}'{suggest(str(key), method_keys[m])}; "
-                    f"allowed: {', '.join(sorted(method_keys[m]))}"
-                )
+def check_trial_configs(spec: Spec) -> None:
+    """Every method's fixed config on every pair (and grid variant) through ``resolve_config``.
 
-    # seeds
-    seeds = spec["seeds"]
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = spec["seeds"] = [seeds]
-    if not isinstance(seeds, list) or not seeds:
-        raise SpecError(f"'seeds' must be a non-empty list of integers, got {seeds!r}")
-    for s in seeds:
-        _int(s, "seeds[]", 0)
-    if len(set(seeds)) != len(seeds):
-        raise SpecError(f"'seeds' lists a seed twice: {seeds}")
+    This catches bad values and method-specific checks; checks on files the teacher stage has yet to write
+    wait until it has written them. Also: the ASHA grace period fits each config's epochs, and the search
+    space builds.
+    """
+    from trainables.config import resolve_config
+    from trainables.methods import get_method
 
-    # teacher
-    t = spec["teacher"]
-    if not isinstance(t["train"], bool):
-        raise SpecError(f"'teacher.train' must be true or false, got {t['train']!r}")
-    _int(t["epochs"], "teacher.epochs", 1)
-    _int(t["seed"], "teacher.seed", 0)
-    t["config"] = _mapping(t["config"], "teacher.config")
-    teacher_keys = allowed_keys(METHODS["teacher"].defaults)
-    for key in t["config"]:
-        if key in ("method", "teacher", "dataset", "data_root", "epochs", "seed", "trajectory_dir"):
-            raise SpecError(f"'teacher.config.{key}' is set by the study (use teacher.epochs / teacher.seed / data)")
-        if key not in teacher_keys:
-            raise SpecError(
-                f"unknown teacher config key 'teacher.config.{key}'{suggest(str(key), teacher_keys)}; "
-                f"allowed: {', '.join(sorted(teacher_keys))}"
-            )
-    for section in ("checkpoints", "trajectories"):
-        t[section] = _mapping(t[section], f"teacher.{section}")
-        for arch, p in t[section].items():
-            if arch not in archs:
-                raise SpecError(
-                    f"unknown architecture '{arch}' in teacher.{section}{suggest(str(arch), archs)}; "
-                    f"allowed: {', '.join(archs)}"
-                )
-            t[section][arch] = _path(p, f"teacher.{section}.{arch}")
-            target = Path(t[section][arch])
-            if section == "checkpoints" and not target.is_file():
-                raise SpecError(f"teacher checkpoint for '{arch}' not found: {target} (teacher.checkpoints.{arch})")
-            if section == "trajectories" and not target.is_dir():
-                raise SpecError(f"teacher trajectory folder for '{arch}' not found: {target}")
-    needs_teacher = any(METHODS[m].needs_teacher for m in methods)
-    if needs_teacher and not t["train"]:
-        for pair in pairs:
-            if pair["teacher"] not in t["checkpoints"]:
-                raise SpecError(
-                    f"no checkpoint for teacher '{pair['teacher']}': set teacher.checkpoints.{pair['teacher']} "
-                    "or teacher.train: true"
-                )
-
-    # search / grid / scheduler
-    if spec["search"] is not None:
-        given = _mapping(spec["search"], "search")
-        _check_keys("search", given, SEARCH_DEFAULTS)
-        search = {**copy.deepcopy(SEARCH_DEFAULTS), **given}
-        _int(search["trials"], "search.trials", 1)
-        _int(search["seed"], "search.seed", 0)
-        for key in ("defaults_first", "final"):
-            if not isinstance(search[key], bool):
-                raise SpecError(f"'search.{key}' must be true or false, got {search[key]!r}")
-        search["space"] = _mapping(search["space"], "search.space")
-        _check_keys("search.space", search["space"], set(methods))
-        for m, over in search["space"].items():
-            over = search["space"][m] = _mapping(over, f"search.space.{m}")
-            knobs = available_knobs(m, method_keys[m])
-            for key, value in over.items():
-                if key not in knobs:
-                    raise SpecError(
-                        f"'{key}' is not a search knob of '{m}'{suggest(str(key), knobs)}; "
-                        f"allowed: {', '.join(knobs) or '(none)'}"
-                    )
-                try:
-                    dist = parse_dist(value, knobs[key].dist)
-                except ValueError as err:
-                    raise SpecError(f"bad range for 'search.space.{m}.{key}': {err}") from None
-                if dist is None:  # a scalar: fixed, not searched
-                    spec["method_config"].setdefault(m, {})[key] = value
-                elif isinstance(dist, Choice):
-                    over[key] = list(dist.choices)
-        spec["search"] = search
-        if spec["grid"]:
-            raise SpecError("'grid' and 'search' exclude each other: a study either searches or runs a grid")
-    for m, grid in spec["grid"].items():
-        if m not in methods:
-            raise SpecError(f"'grid.{m}': method '{m}' is not in methods ({', '.join(methods)})")
-        grid = spec["grid"][m] = _mapping(grid, f"grid.{m}")
-        for key, values in grid.items():
-            columns = grid_columns(key)
-            for column in columns:
-                if column in STUDY_MANAGED:
-                    raise SpecError(f"'grid.{m}.{key}' is set by the study (use pairs / seeds)")
-                if column not in method_keys[m]:
-                    raise SpecError(
-                        f"method '{m}' has no config key '{column}' (grid.{m}){suggest(column, method_keys[m])}; "
-                        f"allowed: {', '.join(sorted(method_keys[m]))}"
-                    )
-            if not isinstance(values, list) or not values:
-                raise SpecError(f"'grid.{m}.{key}' must be a non-empty list of values, got {values!r}")
-            if len(columns) > 1:
-                for row in values:
-                    if not isinstance(row, list) or len(row) != len(columns):
-                        raise SpecError(f"'grid.{m}.{key}': each row must list {len(columns)} values "
-                                        f"({', '.join(columns)}), got {row!r}")
-                firsts = [json_key(row[0]) for row in values]
-                if len(set(firsts)) != len(firsts):
-                    raise SpecError(f"'grid.{m}.{key}': the values of '{columns[0]}' must differ between rows")
-            elif len({json_key(v) for v in values}) != len(values):
-                raise SpecError(f"'grid.{m}.{key}' lists a value twice: {values}")
-    if spec["scheduler"] is not None:
-        given = _mapping(spec["scheduler"], "scheduler")
-        _check_keys("scheduler", given, SCHEDULER_DEFAULTS)
-        sched = {**SCHEDULER_DEFAULTS, **given}
-        if sched["type"] != "asha":
-            raise SpecError(f"scheduler.type must be 'asha' (or leave scheduler out), got {sched['type']!r}")
-        _int(sched["grace_period"], "scheduler.grace_period", 1)
-        _number(sched["reduction_factor"], "scheduler.reduction_factor", 1.0, strict=True)
-        spec["scheduler"] = sched
-
-    # run settings
-    res = spec["resources"]
-    _number(res["cpu"], "resources.cpu", 0.0, strict=True)
-    _number(res["gpu"], "resources.gpu")
-    if res["gpu"] > 1 and res["gpu"] != int(res["gpu"]):
-        raise SpecError(f"'resources.gpu' must be a fraction up to 1 or a whole number, got {res['gpu']}")
-    _int(spec["max_concurrent_trials"], "max_concurrent_trials", 1, allow_none=True)
-    _int(spec["max_failures"], "max_failures", 0)
-    _int(spec["checkpoint_keep"], "checkpoint_keep", 1)
-    if not isinstance(spec["metric"], str) or not spec["metric"].startswith("val/"):
-        raise SpecError(f"'metric' must be a validation metric (val/...), never test; got {spec['metric']!r}")
-    if spec["mode"] not in ("max", "min"):
-        raise SpecError(f"'mode' must be max or min, got {spec['mode']!r}")
-    if not isinstance(spec["report"], bool):
-        raise SpecError(f"'report' must be true or false, got {spec['report']!r}")
-    _int(spec["ray"]["num_cpus"], "ray.num_cpus", 1, allow_none=True)
-
-    result = Spec(spec)
-    # every trial's fixed config through the real resolver (catches bad values and method-specific checks);
-    # checks on files the teacher stage has yet to write wait until it has written them
-    future = result.future_teachers() if t["train"] else {}
-    for m in methods:
-        for pair in pairs:
-            cfg = result.pair_config(m, pair, future)
+    future = spec.future_teachers() if spec.data["teacher"]["train"] else {}
+    for m in spec.methods:
+        needs_teacher = get_method(m).needs_teacher
+        for pair in spec.pairs:
+            cfg = spec.pair_config(m, pair, future)
             cfg.pop("pair")
-            cfg["seed"] = seeds[0]
-            pending = future.get(pair["teacher"], {}).get("trajectory") if METHODS[m].needs_teacher else None
-            variants = [cfg] + [{**cfg, **row} for key, values in spec["grid"].get(m, {}).items()
-                                for row in grid_rows(key, values)]
-            for variant in variants:
+            cfg["seed"] = spec.data["seeds"][0]
+            pending = future.get(pair["teacher"], {}).get("trajectory") if needs_teacher else None
+            for variant in _variants(spec, m, cfg):
                 try:
                     resolved = resolve_config(variant)
                 except ConfigError as err:
                     if pending and pending in str(err):
                         continue
                     raise SpecError(f"method '{m}' on {pair_label(pair)}: {err}") from None
-            if spec["scheduler"] and spec["scheduler"]["grace_period"] > resolved["epochs"]:
-                raise SpecError(
-                    f"scheduler.grace_period ({spec['scheduler']['grace_period']}) exceeds epochs "
-                    f"({resolved['epochs']}) of method '{m}'"
-                )
-            if spec["search"] is not None:
-                result.method_space(m, pair)
-    if needs_teacher and t["train"]:
-        for arch in result.archs_to_train():
-            try:
-                resolve_config(result.teacher_config(arch, "/tmp/unused"))
-            except ConfigError as err:
-                raise SpecError(f"teacher '{arch}': {err}") from None
-    if probe:
-        probe_pairs(result)
-    return result
+                _check_grace_period(spec, m, resolved["epochs"])
+            if spec.search is not None:
+                spec.method_space(m, pair)
+
+
+def _check_grace_period(spec: Spec, method: str, epochs: int) -> None:
+    scheduler = spec.data["scheduler"]
+    if scheduler and scheduler["grace_period"] > epochs:
+        raise SpecError(
+            f"scheduler.grace_period ({scheduler['grace_period']}) exceeds epochs ({epochs}) of method '{method}'"
+        )
+
+
+def check_teacher_configs(spec: Spec) -> None:
+    """The config of every teacher the teacher stage will train, through ``resolve_config``."""
+    from trainables.config import resolve_config
+
+    if not spec.data["teacher"]["train"]:
+        return
+    for arch in spec.archs_to_train():
+        try:
+            resolve_config(spec.teacher_config(arch, "/tmp/unused"))
+        except ConfigError as err:
+            raise SpecError(f"teacher '{arch}': {err}") from None
+
+
+def _check_files(spec: Spec) -> None:
+    """Files trials will read (teacher checkpoints, data files), loaded before Ray starts: none checked yet."""
 
 
 # -- pair probe ---------------------------------------------------------------------------------------------------
 def _probe_shape(spec: Spec) -> tuple[int, int]:
-    dataset = spec.data["data"]["dataset"]
-    if dataset == "synthetic":
-        cfg = spec.data["config"]
-        return int(cfg.get("synthetic_classes", 100)), int(cfg.get("synthetic_image_size", 32))
-    return SHAPES.get(dataset, (10, 32))
+    """``(num_classes, image side)`` of the study's data set, from its declaration."""
+    from trainables.data import dataset_info
+
+    return dataset_info(spec.data["data"]["dataset"]).shape(spec.data["config"])
 
 
 def _probe_data(num_classes: int, side: int, n: int) -> Any:
