@@ -34,6 +34,8 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from trainables.errors import ConfigError, did_you_mean
 
+from .spaces import Choice, available_knobs, parse_dist
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 STUDY_MANAGED = ("method", "student", "teacher", "teacher_checkpoint", "seed", "dataset", "data_root")
@@ -161,8 +163,9 @@ Number = Annotated[int | float, BeforeValidator(_number)]
 LocalPath = Annotated[str, BeforeValidator(_fspath), Field(min_length=1, description="a path"),
                       AfterValidator(_absolute)]
 Architecture = Annotated[str, AfterValidator(_architecture)]
-Mapping_ = Annotated[dict[str, Any], BeforeValidator(_none_as_empty)]
-Sections = Annotated[dict[str, Mapping_], BeforeValidator(_none_as_empty)]
+Settings = Annotated[dict[str, Any], BeforeValidator(_none_as_empty)]
+"""``{key: value}`` (``config``, ``teacher.config``); a ``null`` is empty."""
+PerMethod = Annotated[dict[str, Settings], BeforeValidator(_none_as_empty)]
 """``{method: {key: value}}`` (``method_config``, ``grid``, ``search.space``); a ``null`` is empty."""
 
 
@@ -197,7 +200,7 @@ class TeacherSection(Section):
     train: bool = True
     epochs: int = Field(240, ge=1)
     seed: int = Field(0, ge=0)
-    config: Mapping_ = {}
+    config: Settings = {}
     checkpoints: Annotated[dict[Architecture, LocalPath], BeforeValidator(_none_as_empty)] = {}
     trajectories: Annotated[dict[Architecture, LocalPath], BeforeValidator(_none_as_empty)] = {}
 
@@ -247,7 +250,7 @@ class SearchSection(Section):
     seed: int = Field(0, ge=0)
     defaults_first: bool = True
     final: bool = True
-    space: Sections = {}
+    space: PerMethod = {}
 
 
 class SchedulerSection(Section):
@@ -292,13 +295,13 @@ class StudySpec(Section):
     methods: Annotated[list[Annotated[str, AfterValidator(_study_method)]], BeforeValidator(_name_as_list)] = Field(
         [], description="a non-empty list of method names", validate_default=True
     )
-    config: Mapping_ = {}
-    method_config: Sections = {}
+    config: Settings = {}
+    method_config: PerMethod = {}
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(_seed_as_list)] = Field(
         [0], min_length=1, description="a non-empty list of integers"
     )
     search: SearchSection | None = None
-    grid: Sections = {}
+    grid: PerMethod = {}
     scheduler: SchedulerSection | None = None
     resources: Annotated[Resources, BeforeValidator(_none_as_empty)] = _section(Resources)
     max_concurrent_trials: int | None = Field(None, ge=1)
@@ -395,8 +398,6 @@ def check_teachers_available(spec: StudySpec) -> None:
 
 def check_search_space(spec: StudySpec) -> None:
     """``search.space``: knobs of the method, valid ranges; a plain value fixes the knob (into method_config)."""
-    from .spaces import Choice, available_knobs, parse_dist
-
     if spec.search is None:
         return
     _check_methods_listed("search.space", spec.search.space, spec.methods)
