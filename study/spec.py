@@ -264,13 +264,13 @@ def validate(raw: Mapping[str, Any], probe: bool = True) -> Spec:
     """Check every key and value; fill defaults; resolve paths. Raises SpecError (one line).
 
     The steps: the spec's own format (``spec_schema``: types, ranges, registries, checks across sections),
-    then every trial's and teacher's config through the trials' own resolver, then the files trials will
-    read, then (``probe``) one step of every method on every pair.
+    the files it names, every trial's and teacher's config through the trials' own resolver, then
+    (``probe``) one step of every method on every pair.
     """
     spec = Spec(parse_spec(raw).model_dump())
+    check_files(spec)
     check_trial_configs(spec)
     check_teacher_configs(spec)
-    _check_files(spec)
     if probe:
         probe_pairs(spec)
     return spec
@@ -333,8 +333,19 @@ def check_teacher_configs(spec: Spec) -> None:
             raise SpecError(f"teacher '{arch}': {err}") from None
 
 
-def _check_files(spec: Spec) -> None:
-    """Files trials will read (teacher checkpoints, data files), loaded before Ray starts: none checked yet."""
+def check_files(spec: Spec) -> None:
+    """The files the spec names exist: given teacher checkpoints and trajectory folders.
+
+    The place for checks on what trials will read from disk, before any config is resolved against it
+    (and before Ray starts).
+    """
+    teacher = spec.data["teacher"]
+    for arch, file in teacher["checkpoints"].items():
+        if not Path(file).is_file():
+            raise SpecError(f"teacher checkpoint for '{arch}' not found: {file} (teacher.checkpoints.{arch})")
+    for arch, folder in teacher["trajectories"].items():
+        if not Path(folder).is_dir():
+            raise SpecError(f"teacher trajectory folder for '{arch}' not found: {folder}")
 
 
 # -- pair probe ---------------------------------------------------------------------------------------------------

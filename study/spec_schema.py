@@ -216,23 +216,6 @@ class TeacherSection(Section):
                             f"allowed: {', '.join(sorted(allowed))}")
         return config
 
-    @field_validator("checkpoints")
-    @classmethod
-    def _checkpoints_exist(cls, files: dict[str, str]) -> dict[str, str]:
-        for arch, file in files.items():
-            if not Path(file).is_file():
-                raise _fail(f"teacher checkpoint for '{arch}' not found: {file} (teacher.checkpoints.{arch})")
-        return files
-
-    @field_validator("trajectories")
-    @classmethod
-    def _trajectories_exist(cls, folders: dict[str, str]) -> dict[str, str]:
-        for arch, folder in folders.items():
-            if not Path(folder).is_dir():
-                raise _fail(f"teacher trajectory folder for '{arch}' not found: {folder}")
-        return folders
-
-
 class Pair(Section):
     teacher: str = Field(description="an architecture")
     student: str = Field(description="an architecture")

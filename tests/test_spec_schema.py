@@ -15,6 +15,7 @@ import yaml
 from study.spec import SpecError, validate
 from study.spec_schema import StudySpec, key_path
 from trainables.data import DATASETS, dataset_info
+from trainables.models import list_models
 
 BASE = {
     "name": "s",
@@ -47,6 +48,12 @@ LINES = [
     (_with(teacher__epochs=0), "'teacher.epochs' must be >= 1, got 0"),
     (_with(teacher__config={"epochs": 3}),
      "'teacher.config.epochs' is set by the study (use teacher.epochs / teacher.seed / data)"),
+    (_with(teacher={"checkpoints": {"resnet20": "/nonexistent/t.pt"}}),
+     "teacher checkpoint for 'resnet20' not found: /nonexistent/t.pt (teacher.checkpoints.resnet20)"),
+    (_with(teacher={"trajectories": {"resnet20": "/nonexistent/traj"}}),
+     "teacher trajectory folder for 'resnet20' not found: /nonexistent/traj"),
+    (_with(teacher={"checkpoints": {"resnet9": "/x"}}), "unknown architecture 'resnet9' in teacher.checkpoints "
+     "(did you mean 'resnet8'?); allowed: " + ", ".join(sorted(list_models()))),
     (_with(pairs=["x"]), "'pairs[0]' must be a mapping, got str 'x'"),
     (_with(pairs=[{"teacher": "resnet20"}]), "pairs[0] needs 'student' (an architecture)"),
     (_with(pairs=[{"teacher": "resnet20", "student": "resnet8", "x": 1}]),
