@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.data import apply_crop_flip, build_data, split_indices
+from trainables.data import DATASETS, apply_crop_flip, build_data, dataset_info, list_datasets, split_indices
 from trainables.errors import ConfigError, DataRootError
 
 
@@ -91,3 +91,23 @@ def test_missing_imagenet_root_names_the_path(tmp_path):
 def test_data_root_required_for_cifar():
     with pytest.raises(DataRootError, match="needs data_root"):
         build_data({"dataset": "cifar100"})
+
+
+@pytest.mark.parametrize("cfg", [{"dataset": "digits"}, {"dataset": "synthetic", "synthetic_size": 64,
+                                                         "synthetic_classes": 7, "synthetic_image_size": 16}])
+def test_built_data_matches_its_declaration(cfg):
+    """The declaration (read by spec validation and the probe) and the builder agree on classes and shape."""
+    info = dataset_info(cfg["dataset"])
+    data = build_data(cfg)
+    classes, side = info.shape(cfg)
+    assert (data.num_classes, data.input_shape) == (classes, (3, side, side))
+    if info.mean is not None:
+        assert data.train.mean == pytest.approx(info.mean) and data.train.std == pytest.approx(info.std)
+
+
+def test_every_registered_dataset_is_declared():
+    assert sorted(DATASETS) == list_datasets()
+    for name, info in DATASETS.items():
+        assert info.name == name
+        assert info.needs_root or not info.folders  # folders live under a root
+        assert not info.needs_root or info.how  # a missing root says how to get the data
