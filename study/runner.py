@@ -7,21 +7,18 @@ restored with ``Tuner.restore``, the rest start fresh.
 
 from __future__ import annotations
 
-import fcntl
-import importlib.util
 import math
 import os
 import statistics
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from trainables.errors import PlatformError
-
+from .console import tensorboard_hint, without_ray_tensorboard_hint
+from .lock import study_lock
 from .spec import Spec, SpecError, pair_label, validate
 from .state import (
     SPEC_FILE,
@@ -82,94 +79,6 @@ def connect_ray(address: str | None, num_cpus: int | None) -> bool:
     else:
         ray.init(num_cpus=num_cpus, **common)
     return True
-
-
-class _WithoutLines:
-    """A stdout proxy that drops whole lines starting with ``prefix`` (everything else passes unchanged)."""
-
-    def __init__(self, stream: TextIO, prefix: str) -> None:
-        self._stream, self._prefix, self._partial = stream, prefix, ""
-
-    def write(self, text: str) -> int:
-        self._partial += text
-        while "\n" in self._partial:
-            line, self._partial = self._partial.split("\n", 1)
-            if not line.startswith(self._prefix):
-                self._stream.write(line + "\n")
-        return len(text)
-
-    def flush(self) -> None:
-        held = self._partial.startswith(self._prefix) or self._prefix.startswith(self._partial)
-        if self._partial and not held:  # a line that may still become the dropped one waits for its end
-            self._stream.write(self._partial)
-            self._partial = ""
-        self._stream.flush()
-
-    def drain(self) -> None:
-        if self._partial and not self._partial.startswith(self._prefix):
-            self._stream.write(self._partial)
-        self._partial = ""
-        self._stream.flush()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-RAY_TENSORBOARD_HINT = "To visualize your results with TensorBoard"
-
-
-@contextmanager
-def _without_ray_tensorboard_hint() -> Iterator[None]:
-    """Silence Ray's per-experiment TensorBoard line: it names a temporary folder of the Ray session.
-
-    The trials' event files are in the study dir; ``run_study`` prints that command once instead.
-    """
-    original = sys.stdout
-    proxy = _WithoutLines(original, RAY_TENSORBOARD_HINT)
-    sys.stdout = proxy
-    try:
-        yield
-    finally:
-        proxy.drain()
-        sys.stdout = original
-
-
-def tensorboard_hint(study_dir: Path) -> str | None:
-    """The command that shows the trials' TensorBoard event files (Ray writes them when tensorboardX is there)."""
-    if importlib.util.find_spec("tensorboardX") is None:
-        return None
-    return f"TensorBoard: tensorboard --logdir {study_dir}"
-
-
-# -- one driver per study dir ---------------------------------------------------------------------------------
-LOCK_FILE = ".lock"
-
-
-class StudyBusy(PlatformError):
-    """Another ``python -m study`` drives this study dir right now."""
-
-
-@contextmanager
-def study_lock(study_dir: Path) -> Iterator[None]:
-    """Hold ``<study dir>/.lock`` (``flock``) while this process drives the study; refuse when another does.
-
-    The kernel releases an ``flock`` when its holder dies, so a killed driver never blocks the next one. The
-    file keeps the holder's pid for the message.
-    """
-    fd = os.open(Path(study_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise StudyBusy(f"study dir {study_dir} is in use by another `python -m study` (pid {holder}): wait for it "
-                        "to end or stop it, then resume") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 # -- creating and running -------------------------------------------------------------------------------------
@@ -363,7 +272,7 @@ def run_stages(spec: Spec, study_dir: Path, resources: dict[str, float], *, kind
             tuner = _restored_tuner(spec, stage, study_dir, stage_resources, retry_errored)
         else:
             tuner = _fresh_tuner(spec, stage, study_dir, stage_resources, manifest, best, verbose, callbacks)
-        with _without_ray_tensorboard_hint():
+        with without_ray_tensorboard_hint():
             tuner.fit()
         _finish_stage(spec, stage, entry, manifest, study_dir)
     return manifest

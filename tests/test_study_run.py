@@ -265,7 +265,7 @@ def test_resume_from_a_stale_snapshot_trains_no_epoch_twice(snapshot_at, ray_ses
 ])
 def test_run_exits_1_unless_every_trial_finished_and_prints_the_tensorboard_command(ray_session, tmp_path, capsys,
                                                                                     lrs, expected):
-    from study.runner import RAY_TENSORBOARD_HINT
+    from study.console import RAY_TENSORBOARD_HINT
 
     spec = {
         "name": "exits",
