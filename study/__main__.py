@@ -1,7 +1,8 @@
 """``python -m study run|resume|status|report|teachers|validate|bench``.
 
-Exit status: 0 done, 1 the study failed (a teacher did not train, the cluster lacks resources), 2 bad input
-(spec, flags, study dir; nothing was started or written), 130 interrupted (resume later).
+Exit status of ``run``/``resume``: 0 every trial finished, 1 the study failed (a teacher did not train, some
+trials errored, a stage ended with no finished trial), 2 bad input (spec, flags, study dir, resources no node
+can host, a study dir another driver holds; nothing was started or written), 130 interrupted (resume later).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def cmd_run(args: argparse.Namespace, kinds: tuple[str, ...] | None = None) -> i
                      "or pick another --name")
     run_study(spec, study_dir, address=args.address, kinds=kinds, verbose=args.verbose,
               report=False if args.no_report else None)
-    return EXIT_OK
+    return _exit_status(study_dir)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -68,7 +69,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
     spec = load_study_spec(Path(args.dir))
     run_study(spec, Path(args.dir), address=args.address, resume=True, retry_errored=args.retry_errored,
               verbose=args.verbose, report=False if args.no_report else None)
-    return EXIT_OK
+    return _exit_status(Path(args.dir))
+
+
+def _exit_status(study_dir: Path) -> int:
+    """1 (with one line: how many errored, the first error, where to look) unless every trial finished."""
+    from .runner import study_outcome
+
+    outcome = study_outcome(study_dir)
+    return _fail(outcome.message(study_dir), EXIT_FAILED) if outcome.failed else EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import statistics
 import sys
 import time
-import warnings
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .console import tensorboard_hint, without_ray_tensorboard_hint
+from .lock import study_lock
 from .spec import Spec, SpecError, pair_label, validate
 from .state import (
     SPEC_FILE,
@@ -33,7 +35,7 @@ PAIR_DERIVED = ("student", "teacher", "teacher_checkpoint", "teacher_trajectory"
 
 
 class StudyError(RuntimeError):
-    """The study cannot go on (a teacher failed, the cluster lacks resources); one line for the user."""
+    """The study cannot go on (a teacher did not train); one line for the user."""
 
 
 class Interrupted(RuntimeError):
@@ -77,32 +79,6 @@ def connect_ray(address: str | None, num_cpus: int | None) -> bool:
     else:
         ray.init(num_cpus=num_cpus, **common)
     return True
-
-
-def effective_resources(spec: Spec) -> dict[str, float]:
-    """Per-trial resources, falling back to CPU (with a warning) when the cluster has no GPU."""
-    import ray
-
-    wanted = {"cpu": float(spec.data["resources"]["cpu"]), "gpu": float(spec.data["resources"]["gpu"])}
-    have = ray.cluster_resources()
-    if wanted["gpu"] > 0 and have.get("GPU", 0) == 0:
-        warnings.warn("resources.gpu asked for but the Ray cluster has no GPU: trials run on CPU", stacklevel=2)
-        print("warning: the Ray cluster has no GPU; running every trial on CPU (resources.gpu ignored)", flush=True)
-        wanted["gpu"] = 0.0
-    for key, name in (("gpu", "GPU"), ("cpu", "CPU")):
-        if wanted[key] > have.get(name, 0):
-            raise StudyError(f"resources.{key} is {wanted[key]:g} per trial but the cluster has "
-                             f"{have.get(name, 0):g} {name}s")
-    return wanted
-
-
-def teacher_resources(spec: Spec, resources: dict[str, float]) -> dict[str, float]:
-    """Teachers are few and everything waits for them: spread the cluster's CPUs over them (at most 8 each)."""
-    import ray
-
-    cpus = float(ray.cluster_resources().get("CPU", resources["cpu"]))
-    share = min(8.0, max(1.0, float(int(cpus // max(1, len(spec.archs_to_train()))))))
-    return {**resources, "cpu": max(float(resources["cpu"]), share)}
 
 
 # -- creating and running -------------------------------------------------------------------------------------
@@ -168,93 +144,137 @@ def best_trial(study_dir: Path, stage_name: str, metric: str, mode: str) -> dict
     return max(pool, key=lambda r: sign * r[f"last {metric}"])
 
 
-def run_stages(spec: Spec, study_dir: Path, resources: dict[str, float], *, kinds: tuple[str, ...] | None = None,
-               retry_errored: bool = False, verbose: int = 1, callbacks: list | None = None) -> dict[str, Any]:
-    """Run every unfinished stage (optionally only some kinds) in order; returns the final manifest."""
-    import optuna
+def _wanted(entry: dict[str, Any], kinds: tuple[str, ...] | None, retry_errored: bool) -> bool:
+    """A stage runs unless it is of another kind than asked or done (done with errors: only when retrying)."""
+    if kinds is not None and entry["kind"] not in kinds:
+        return False
+    return entry.get("status") not in DONE or bool(retry_errored and entry.get("errored"))
 
+
+def _searched_best(manifest: dict[str, Any], stage: Any) -> dict[str, Any] | None:
+    """The best config of the search stage a final stage re-runs."""
+    search = next(s for s in manifest["stages"] if s["kind"] == "search" and s["method"] == stage.method
+                  and s.get("pair") == stage.pair)
+    return search.get("best")
+
+
+def _check_teachers(spec: Spec, stage: Any, manifest: dict[str, Any], study_dir: Path) -> None:
+    """A stage of a method that distils needs its teachers' files (trained here or given)."""
     from trainables.methods import get_method
 
+    if stage.kind == "teachers" or not get_method(stage.method).needs_teacher:
+        return
+    labels = [stage.pair] if stage.pair else [pair_label(p) for p in spec.pairs]
+    archs = {p["teacher"] for p in spec.pairs if pair_label(p) in labels}
+    missing = [a for a in archs if not spec.teacher_files(a, manifest["teachers"]).get("checkpoint")]
+    if missing:
+        raise StudyError(f"stage {stage.name} needs teacher(s) {', '.join(missing)}, which did not train; "
+                         f"see `python -m study status {study_dir}` and resume with --retry-errored")
+
+
+def _restorable(study_dir: Path, stage: Any) -> bool:
+    """The stage's experiment can be restored (its state files repaired from the backup where a kill cut them)."""
     from . import tuner as tn
+
+    if not tn.can_restore(study_dir, stage):
+        return False
+    outcome = tn.recover_state(study_dir / stage.name)
+    if outcome == "recovered":
+        print(f"   {stage.name}: state files cut by the crash; restored from {tn.BACKUP}", flush=True)
+    elif outcome == "lost":
+        print(f"   {stage.name}: state files unreadable and no backup: the stage starts over", flush=True)
+    return outcome != "lost"
+
+
+def _restored_tuner(spec: Spec, stage: Any, study_dir: Path, resources: dict[str, float], retry_errored: bool) -> Any:
+    from . import tuner as tn
+
+    exp_dir = study_dir / stage.name
+    print(f"== {stage.name}: resuming ({exp_dir})", flush=True)
+    if stage.kind == "search":
+        stale = tn.reconcile_optuna(spec, stage, study_dir)
+        if stale:
+            print(f"   {stale} Optuna trial(s) left running by the dead driver marked failed", flush=True)
+    _hide_orphans(exp_dir)
+    return tn.restore_tuner(stage, study_dir, resources, retry_errored=bool(retry_errored))
+
+
+def _fresh_tuner(spec: Spec, stage: Any, study_dir: Path, resources: dict[str, float], manifest: dict[str, Any],
+                 best: dict[str, Any] | None, verbose: int, callbacks: list | None) -> Any:
+    from . import tuner as tn
+
+    exp_dir = study_dir / stage.name
+    if exp_dir.exists():  # started but never snapshotted: start over
+        exp_dir.rename(study_dir / f".{stage.name}.abandoned-{int(time.time())}")
+    if stage.kind == "search":
+        tn.forget_optuna_study(spec, stage, study_dir)
+    print(f"== {stage.name}: {_describe(spec, stage)}", flush=True)
+    return tn.build_tuner(spec, stage, study_dir, resources, trained=manifest["teachers"], best=best,
+                          verbose=verbose, callbacks=callbacks)
+
+
+def _finish_stage(spec: Spec, stage: Any, entry: dict[str, Any], manifest: dict[str, Any], study_dir: Path) -> None:
+    """Record what a fitted stage produced; an unfinished one means Ctrl-C, a teacher that did not train stops."""
+    from . import tuner as tn
+
+    exp_dir = study_dir / stage.name
+    if not _all_finished(exp_dir):
+        entry["status"] = "interrupted"
+        save_manifest(study_dir, manifest)
+        raise Interrupted(f"stage {stage.name} was interrupted; continue with `python -m study resume {study_dir}`")
+    if stage.kind == "search":
+        tn.reconcile_optuna(spec, stage, study_dir, finished=True)
+    trials = experiment_trials(exp_dir)
+    entry.update(trials=len(trials), errored=sum(t["status"] == "ERROR" for t in trials), status="done")
+    if stage.kind == "teachers":
+        manifest["teachers"].update(_teacher_files(spec, study_dir))
+        failed = [a for a in spec.archs_to_train() if a not in manifest["teachers"]]
+        if failed:
+            entry["status"] = "failed"
+            save_manifest(study_dir, manifest)
+            raise StudyError(f"teacher training failed for {', '.join(failed)}; see `python -m study status "
+                             f"{study_dir}`, then `python -m study resume {study_dir} --retry-errored`")
+    if stage.kind == "search":
+        metric, mode = spec.data["metric"], spec.data["mode"]
+        top = best_trial(study_dir, stage.name, metric, mode)
+        if top is not None:
+            entry.update(best=top["params"], best_trial=top["trial"], best_value=top[f"last {metric}"])
+    save_manifest(study_dir, manifest)
+
+
+def run_stages(spec: Spec, study_dir: Path, resources: dict[str, float], *, kinds: tuple[str, ...] | None = None,
+               retry_errored: bool = False, verbose: int = 1, callbacks: list | None = None,
+               teacher_resources: dict[str, float] | None = None) -> dict[str, Any]:
+    """Run every unfinished stage (optionally only some kinds) in order; returns the final manifest.
+
+    ``teacher_resources``: per-trial resources of the teacher stage (default: ``resources``).
+    """
+    import optuna
+
+    from .tuner import Stage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     manifest = load_manifest(study_dir)
-    metric, mode = spec.data["metric"], spec.data["mode"]
     for entry in manifest["stages"]:
-        if kinds is not None and entry["kind"] not in kinds:
+        if not _wanted(entry, kinds, retry_errored):
             continue
-        revisit = retry_errored and entry.get("errored")
-        if entry.get("status") in DONE and not revisit:
+        stage = Stage(entry["name"], entry["kind"], entry["method"], entry.get("pair"))
+        best = _searched_best(manifest, stage) if stage.kind == "final" else None
+        if stage.kind == "final" and not best:
+            entry.update(status="skipped", note="no finished search trial to take the config from")
+            save_manifest(study_dir, manifest)
             continue
-        stage = tn.Stage(entry["name"], entry["kind"], entry["method"], entry.get("pair"))
-        best = None
-        if stage.kind == "final":
-            search = next(s for s in manifest["stages"] if s["kind"] == "search" and s["method"] == stage.method
-                          and s.get("pair") == stage.pair)
-            best = search.get("best")
-            if not best:
-                entry.update(status="skipped", note="no finished search trial to take the config from")
-                save_manifest(study_dir, manifest)
-                continue
-        if stage.kind != "teachers" and get_method(stage.method).needs_teacher:
-            labels = [stage.pair] if stage.pair else [pair_label(p) for p in spec.pairs]
-            archs = {p["teacher"] for p in spec.pairs if pair_label(p) in labels}
-            missing = [a for a in archs if not spec.teacher_files(a, manifest["teachers"]).get("checkpoint")]
-            if missing:
-                raise StudyError(f"stage {stage.name} needs teacher(s) {', '.join(missing)}, which did not train; "
-                                 f"see `python -m study status {study_dir}` and resume with --retry-errored")
-        exp_dir = study_dir / stage.name
-        stage_resources = teacher_resources(spec, resources) if stage.kind == "teachers" else resources
+        _check_teachers(spec, stage, manifest, study_dir)
+        stage_resources = (teacher_resources or resources) if stage.kind == "teachers" else resources
         entry["status"] = "running"
         save_manifest(study_dir, manifest)
-        restorable = tn.can_restore(study_dir, stage)
-        if restorable:
-            outcome = tn.recover_state(exp_dir)
-            if outcome == "recovered":
-                print(f"   {stage.name}: state files cut by the crash; restored from {tn.BACKUP}", flush=True)
-            elif outcome == "lost":
-                print(f"   {stage.name}: state files unreadable and no backup: the stage starts over", flush=True)
-                restorable = False
-        if restorable:
-            print(f"== {stage.name}: resuming ({exp_dir})", flush=True)
-            if stage.kind == "search":
-                stale = tn.reconcile_optuna(spec, stage, study_dir)
-                if stale:
-                    print(f"   {stale} Optuna trial(s) left running by the dead driver marked failed", flush=True)
-            _hide_orphans(exp_dir)
-            tuner = tn.restore_tuner(stage, study_dir, stage_resources, retry_errored=bool(retry_errored))
+        if _restorable(study_dir, stage):
+            tuner = _restored_tuner(spec, stage, study_dir, stage_resources, retry_errored)
         else:
-            if exp_dir.exists():  # started but never snapshotted: start over
-                exp_dir.rename(study_dir / f".{stage.name}.abandoned-{int(time.time())}")
-            if stage.kind == "search":
-                tn.forget_optuna_study(spec, stage, study_dir)
-            print(f"== {stage.name}: {_describe(spec, stage)}", flush=True)
-            tuner = tn.build_tuner(spec, stage, study_dir, stage_resources, trained=manifest["teachers"], best=best,
-                                   verbose=verbose, callbacks=callbacks)
-        tuner.fit()
-        if not _all_finished(exp_dir):
-            entry["status"] = "interrupted"
-            save_manifest(study_dir, manifest)
-            raise Interrupted(f"stage {stage.name} was interrupted; continue with `python -m study resume {study_dir}`")
-        if stage.kind == "search":
-            tn.reconcile_optuna(spec, stage, study_dir, finished=True)
-        trials = experiment_trials(exp_dir)
-        entry["trials"] = len(trials)
-        entry["errored"] = sum(t["status"] == "ERROR" for t in trials)
-        entry["status"] = "done"
-        if stage.kind == "teachers":
-            manifest["teachers"].update(_teacher_files(spec, study_dir))
-            failed = [a for a in spec.archs_to_train() if a not in manifest["teachers"]]
-            if failed:
-                entry["status"] = "failed"
-                save_manifest(study_dir, manifest)
-                raise StudyError(f"teacher training failed for {', '.join(failed)}; see `python -m study status "
-                                 f"{study_dir}`, then `python -m study resume {study_dir} --retry-errored`")
-        if stage.kind == "search":
-            top = best_trial(study_dir, stage.name, metric, mode)
-            if top is not None:
-                entry.update(best=top["params"], best_trial=top["trial"], best_value=top[f"last {metric}"])
-        save_manifest(study_dir, manifest)
+            tuner = _fresh_tuner(spec, stage, study_dir, stage_resources, manifest, best, verbose, callbacks)
+        with without_ray_tensorboard_hint():
+            tuner.fit()
+        _finish_stage(spec, stage, entry, manifest, study_dir)
     return manifest
 
 
@@ -318,11 +338,9 @@ def _short(value: Any) -> str:
 
 
 def build_report(study_dir: Path) -> str:
-    """Call the analysis package's ``build_report(study_dir)`` when it is there; say so when it is not."""
-    try:
-        from analysis.report import build_report as analysis_report
-    except ImportError:
-        return "report: not available in this checkout (analysis.report.build_report is missing)"
+    """The analysis package's report of the study dir, as one line (a failing report never fails a study)."""
+    from analysis.report import build_report as analysis_report
+
     try:
         out = analysis_report(study_dir)
     except Exception as err:  # noqa: BLE001 - a failing report must not fail a finished study
@@ -330,29 +348,75 @@ def build_report(study_dir: Path) -> str:
     return f"report: {out}"
 
 
+# -- outcome --------------------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """What the stages that ran left: errored trials and stages without a finished trial fail the study."""
+
+    trials: int = 0
+    errored: int = 0
+    first_error: str = ""
+    empty: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errored or self.empty)
+
+    def message(self, study_dir: Path) -> str:
+        parts = []
+        if self.errored:
+            parts.append(f"{self.errored} of {self.trials} trial(s) errored (first: {self.first_error})")
+        if self.empty:
+            parts.append(f"no finished trial in stage(s) {', '.join(self.empty)}")
+        return "; ".join(parts) + f"; see `python -m study status {study_dir}`"
+
+
+def study_outcome(study_dir: Path) -> Outcome:
+    """Count errored trials and empty stages among the stages that ended (done or skipped)."""
+    manifest = load_manifest(study_dir)
+    ended = [s["name"] for s in manifest["stages"] if s.get("status") in DONE]
+    rows = trial_rows(study_dir, stages=ended)
+    outcome = Outcome(trials=len(rows))
+    errors = [r for r in rows if r["state"] == "ERROR"]
+    outcome.errored = len(errors)
+    if errors:
+        outcome.first_error = f"{errors[0]['stage']}/{errors[0]['trial']}: {errors[0]['error'] or 'no message'}"
+    finished = {r["stage"] for r in rows if r["state"] == "TERMINATED"}
+    outcome.empty = [name for name in ended if name not in finished]
+    return outcome
+
+
+# -- the whole study ------------------------------------------------------------------------------------------
 def run_study(spec: Spec, study_dir: Path | None = None, *, address: str | None = None, resume: bool = False,
               kinds: tuple[str, ...] | None = None, retry_errored: bool = False, verbose: int = 1,
               report: bool | None = None, callbacks: list | None = None) -> Path:
     """Create (or resume) and run a study; prints progress and the summary. Returns the study dir.
 
-    ``callbacks``: extra Tune callbacks for the stages this call creates.
+    Holds the study dir's lock throughout (``StudyBusy`` when another driver has it). ``callbacks``: extra
+    Tune callbacks for the stages this call creates. ``study_outcome`` tells whether every trial finished.
     """
+    from .resources import cluster_nodes, teacher_resources, trial_resources
+
     study_dir = Path(study_dir or study_dir_for(spec)).absolute()
     if not resume and study_dir.exists():
         init_study(spec, study_dir)  # raises the "already exists" SpecError
-    owned = connect_ray(address or spec.data["ray"]["address"], spec.data["ray"]["num_cpus"])
-    try:
-        resources = effective_resources(spec)
+    with ExitStack() as held:
+        if resume:
+            held.enter_context(study_lock(study_dir))
+        if connect_ray(address or spec.data["ray"]["address"], spec.data["ray"]["num_cpus"]):
+            held.callback(_shutdown_ray)
+        nodes = cluster_nodes()
+        resources = trial_resources(spec, nodes)
         if not resume:
             init_study(spec, study_dir)
+            held.enter_context(study_lock(study_dir))
         print(f"study {spec.name}: {study_dir}", flush=True)
+        hint = tensorboard_hint(study_dir)
+        if hint:
+            print(hint, flush=True)
         run_stages(spec, study_dir, resources, kinds=kinds, retry_errored=retry_errored, verbose=verbose,
-                   callbacks=callbacks)
-    finally:
-        if owned:
-            import ray
-
-            ray.shutdown()
+                   callbacks=callbacks,
+                   teacher_resources=teacher_resources(resources, nodes, len(spec.archs_to_train())))
     print("", flush=True)
     print(summary(spec, study_dir), flush=True)
     manifest = load_manifest(study_dir)
@@ -363,6 +427,7 @@ def run_study(spec: Spec, study_dir: Path | None = None, *, address: str | None 
     return study_dir
 
 
-def remove_study(study_dir: Path) -> None:
-    """Delete a study dir (tests and `--overwrite`)."""
-    shutil.rmtree(study_dir, ignore_errors=True)
+def _shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()

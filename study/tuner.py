@@ -25,6 +25,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
+from .resources import PendingTrialWarning
 from .spec import Spec, grid_columns, grid_rows, json_key, pair_label, teacher_folder
 from .state import OPTUNA_FILE, experiment_trials
 
@@ -241,11 +242,106 @@ def _run_config(spec: Spec, stage: Stage, study_dir: Path, verbose: int, show: l
         checkpoint_config=tune.CheckpointConfig(num_to_keep=int(spec.data["checkpoint_keep"])),
         sync_config=tune.SyncConfig(sync_artifacts=True),
         verbose=verbose,
-        callbacks=[StudyProgress(stage.name, show), StateBackup(), *(callbacks or [])],
+        callbacks=[StudyProgress(stage.name, show), StateBackup(), PendingTrialWarning(stage.name), *(callbacks or [])],
     )
 
 
 # -- building ----------------------------------------------------------------------------------------------------
+@dataclass
+class Experiment:
+    """What one stage's Tune experiment searches: its space, how, and the keys its progress lines show."""
+
+    space: dict[str, Any]
+    show: list[str]
+    search_alg: Any = None
+    scheduler: Any = None
+    num_samples: int = 1
+
+
+def _teachers_experiment(spec: Spec, stage: Stage, study_dir: Path, **_: Any) -> Experiment:
+    """A grid over the architectures to train, each writing its trajectory to its own folder."""
+    from ray import tune
+
+    archs = spec.archs_to_train()
+    configs = {a: spec.teacher_config(a, str(teacher_folder(study_dir, a))) for a in archs}
+    if len(archs) == 1:
+        return Experiment(dict(configs[archs[0]]), ["teacher"])
+    space = {k: v for k, v in configs[archs[0]].items() if k not in ("teacher", "trajectory_dir")}
+    space["teacher"] = tune.grid_search(archs)
+    folders = {a: c["trajectory_dir"] for a, c in configs.items()}
+    space["trajectory_dir"] = tune.sample_from(Lookup("teacher", folders))
+    return Experiment(space, ["teacher"])
+
+
+def _grid_experiment(spec: Spec, stage: Stage, study_dir: Path, *, trained: Mapping[str, Any], **_: Any) -> Experiment:
+    """Pairs x seeds x the spec's grid of the method; a grid key naming several columns varies them together."""
+    from ray import tune
+
+    space = _pairs_space(spec, stage.method, trained)
+    space["seed"] = _seeds(spec)
+    show: list[str] = []
+    for key, values in spec.data["grid"].get(stage.method, {}).items():
+        columns = grid_columns(key)
+        rows = grid_rows(key, values)
+        space[columns[0]] = tune.grid_search([row[columns[0]] for row in rows])
+        for column in columns[1:]:  # varies with the first column: looked up from its value
+            space[column] = tune.sample_from(Lookup(columns[0], {json_key(r[columns[0]]): r[column] for r in rows},
+                                                    by_json=True))
+        show.extend(columns)
+    show += ["pair", "seed"] if len(spec.pairs) > 1 else ["seed"]
+    return Experiment(space, show)
+
+
+def _final_experiment(spec: Spec, stage: Stage, study_dir: Path, *, best: Mapping[str, Any] | None,
+                      **_: Any) -> Experiment:
+    """The search's best config on every seed."""
+    if not best:
+        raise ValueError(f"stage {stage.name} needs the best config of its search")
+    space = {k: v for k, v in best.items() if k != "seed"}
+    space["seed"] = _seeds(spec)
+    return Experiment(space, ["seed"])
+
+
+def _asha(spec: Spec, epochs: int) -> Any:
+    """The spec's ASHA scheduler over epochs, or None."""
+    if not spec.data["scheduler"]:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    sched = spec.data["scheduler"]
+    return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=int(sched["grace_period"]),
+                         reduction_factor=float(sched["reduction_factor"]))
+
+
+def _search_experiment(spec: Spec, stage: Stage, study_dir: Path, *, trained: Mapping[str, Any],
+                       **_: Any) -> Experiment:
+    """Optuna over the method's space on ``seeds[0]``, the paper defaults first, its database in the study dir."""
+    from optuna.samplers import TPESampler
+
+    pair = next(p for p in spec.pairs if pair_label(p) == stage.pair)
+    space = spec.pair_config(stage.method, pair, trained)
+    space["seed"] = spec.data["seeds"][0]
+    method_space = spec.method_space(stage.method, pair)
+    search = spec.search or {}
+    trials = int(search["trials"])
+    points = [method_space.default_point()] if search["defaults_first"] else []
+    search_alg = StudyOptunaSearch(
+        method_space,
+        metric=spec.data["metric"],
+        mode=spec.data["mode"],
+        points_to_evaluate=[p for p in points if p] or None,
+        sampler=TPESampler(seed=int(search["seed"]), n_startup_trials=max(1, min(10, trials // 2))),
+        study_name=optuna_study_name(spec, stage),
+        storage=optuna_storage(study_dir),
+    )
+    return Experiment(space, list(method_space.active_knobs()), search_alg=search_alg,
+                      scheduler=_asha(spec, int(method_space.base["epochs"])), num_samples=trials)
+
+
+EXPERIMENTS = {"teachers": _teachers_experiment, "grid": _grid_experiment, "final": _final_experiment,
+               "search": _search_experiment}
+
+
 def build_tuner(spec: Spec, stage: Stage, study_dir: Path, resources: Mapping[str, float], *,
                 trained: Mapping[str, Any] | None = None, best: Mapping[str, Any] | None = None,
                 verbose: int = 1, callbacks: list | None = None) -> Any:
@@ -255,81 +351,17 @@ def build_tuner(spec: Spec, stage: Stage, study_dir: Path, resources: Mapping[st
     """
     from ray import tune
 
-    trained = trained or {}
-    metric, mode = spec.data["metric"], spec.data["mode"]
-    runtime = _runtime_constants(spec, resources)
-    search_alg = scheduler = None
-    num_samples = 1
-    show: list[str] = []
-    if stage.kind == "teachers":
-        archs = spec.archs_to_train()
-        configs = {a: spec.teacher_config(a, str(teacher_folder(study_dir, a))) for a in archs}
-        if len(archs) == 1:
-            space = dict(configs[archs[0]])
-        else:
-            space = {k: v for k, v in configs[archs[0]].items() if k not in ("teacher", "trajectory_dir")}
-            space["teacher"] = tune.grid_search(archs)
-            folders = {a: c["trajectory_dir"] for a, c in configs.items()}
-            space["trajectory_dir"] = tune.sample_from(Lookup("teacher", folders))
-        show = ["teacher"]
-    elif stage.kind == "grid":
-        space = _pairs_space(spec, stage.method, trained)
-        space["seed"] = _seeds(spec)
-        for key, values in spec.data["grid"].get(stage.method, {}).items():
-            columns = grid_columns(key)
-            rows = grid_rows(key, values)
-            space[columns[0]] = tune.grid_search([row[columns[0]] for row in rows])
-            for column in columns[1:]:  # varies with the first column: looked up from its value
-                space[column] = tune.sample_from(Lookup(columns[0], {json_key(r[columns[0]]): r[column] for r in rows},
-                                                        by_json=True))
-            show.extend(columns)
-        show += ["pair", "seed"] if len(spec.pairs) > 1 else ["seed"]
-    elif stage.kind == "final":
-        if not best:
-            raise ValueError(f"stage {stage.name} needs the best config of its search")
-        space = {k: v for k, v in best.items() if k != "seed"}
-        space["seed"] = _seeds(spec)
-        show = ["seed"]
-    elif stage.kind == "search":
-        from optuna.samplers import TPESampler
-
-        pair = next(p for p in spec.pairs if pair_label(p) == stage.pair)
-        space = spec.pair_config(stage.method, pair, trained)
-        space["seed"] = spec.data["seeds"][0]
-        method_space = spec.method_space(stage.method, pair)
-        search = spec.search or {}
-        trials = int(search["trials"])
-        points = [method_space.default_point()] if search["defaults_first"] else []
-        sampler = TPESampler(seed=int(search["seed"]), n_startup_trials=max(1, min(10, trials // 2)))
-        search_alg = StudyOptunaSearch(
-            method_space,
-            metric=metric,
-            mode=mode,
-            points_to_evaluate=[p for p in points if p] or None,
-            sampler=sampler,
-            study_name=optuna_study_name(spec, stage),
-            storage=optuna_storage(study_dir),
-        )
-        num_samples = trials
-        show = list(method_space.active_knobs())
-        if spec.data["scheduler"]:
-            from ray.tune.schedulers import ASHAScheduler
-
-            sched = spec.data["scheduler"]
-            epochs = int(method_space.base["epochs"])
-            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs,
-                                      grace_period=int(sched["grace_period"]),
-                                      reduction_factor=float(sched["reduction_factor"]))
-    else:  # pragma: no cover - plan() only makes the kinds above
+    if stage.kind not in EXPERIMENTS:  # pragma: no cover - plan() only makes the kinds above
         raise ValueError(f"unknown stage kind {stage.kind}")
-    space.update({k: v for k, v in runtime.items() if k not in space})
-
+    experiment = EXPERIMENTS[stage.kind](spec, stage, study_dir, trained=trained or {}, best=best)
+    space = experiment.space
+    space.update({k: v for k, v in _runtime_constants(spec, resources).items() if k not in space})
     tune_config = tune.TuneConfig(
-        metric=metric,
-        mode=mode,
-        search_alg=search_alg,
-        scheduler=scheduler,
-        num_samples=num_samples,
+        metric=spec.data["metric"],
+        mode=spec.data["mode"],
+        search_alg=experiment.search_alg,
+        scheduler=experiment.scheduler,
+        num_samples=experiment.num_samples,
         max_concurrent_trials=spec.data["max_concurrent_trials"],
         reuse_actors=True,
         trial_dirname_creator=trial_dirname,
@@ -338,7 +370,7 @@ def build_tuner(spec: Spec, stage: Stage, study_dir: Path, resources: Mapping[st
         trainable(stage.method, resources),
         param_space=space,
         tune_config=tune_config,
-        run_config=_run_config(spec, stage, study_dir, verbose, show, callbacks),
+        run_config=_run_config(spec, stage, study_dir, verbose, experiment.show, callbacks),
     )
 
 

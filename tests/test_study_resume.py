@@ -156,7 +156,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_trial_study_on_a_two_node_cluster(tmp_path):
+def test_a_teacher_and_a_distillation_study_on_a_two_node_cluster(tmp_path):
+    """Two one-CPU nodes (the README's recipe, token authentication): the teacher trial fits on one node."""
     marker = uuid.uuid4().hex
     port = _free_port()
     token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
@@ -167,8 +168,9 @@ def test_two_trial_study_on_a_two_node_cluster(tmp_path):
     spec = {
         "name": "cluster",
         "storage_path": str(tmp_path),
+        "teacher": {"train": True, "epochs": 1},
         "pairs": [{"teacher": "resnet8", "student": "resnet8"}],
-        "methods": ["ce"],
+        "methods": ["kd"],
         "config": {"epochs": 1, "batch_size": 64, "train_subset": 256},
         "seeds": [0, 1],
         "resources": {"cpu": 1},
@@ -197,10 +199,11 @@ def test_two_trial_study_on_a_two_node_cluster(tmp_path):
         else:
             pytest.fail("the two-node cluster did not come up")
 
-        out = _study(["run", str(spec_path), "--address", address, "--no-report", "--verbose", "1"], marker,
-                     timeout=400, **token)
+        out = _study(["run", str(spec_path), "--address", address, "--verbose", "1"], marker, timeout=600,
+                     KDSTUDY_PENDING_WARNING_S="60", **token)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert "/2 CPUs" in out.stdout  # Tune saw both nodes' CPUs
+        assert "has waited" not in out.stdout  # no trial asked for more than a node has
     finally:
         for node in reversed(nodes):
             node.send_signal(signal.SIGTERM)
@@ -212,8 +215,67 @@ def test_two_trial_study_on_a_two_node_cluster(tmp_path):
         _end_marked(marker)
         subprocess.run(["rm", "-rf", temp_dir], check=False)
 
-    trials = experiment_trials(tmp_path / "cluster" / "grid-ce")
+    study_dir = tmp_path / "cluster"
+    manifest = load_manifest(study_dir)
+    assert [(s["name"], s["status"]) for s in manifest["stages"]] == [("teachers", "done"), ("grid-kd", "done")]
+    assert Path(manifest["teachers"]["resnet8"]["checkpoint"]).is_file()
+    (teacher,) = experiment_trials(study_dir / "teachers")
+    assert teacher["status"] == "TERMINATED"
+    trials = experiment_trials(study_dir / "grid-kd")
     assert len(trials) == 2 and all(t["status"] == "TERMINATED" for t in trials)
-    assert sorted(json.loads((t["dir"] / "params.json").read_text())["seed"] for t in trials) == [0, 1]
+    params = [json.loads((t["dir"] / "params.json").read_text()) for t in trials]
+    assert sorted(p["seed"] for p in params) == [0, 1]
+    assert {p["teacher_checkpoint"] for p in params} == {manifest["teachers"]["resnet8"]["checkpoint"]}
     for t in trials:
         assert [r["epoch"] for r in read_results(t["dir"])] == [1]
+    assert f"report: {study_dir}" in out.stdout and (study_dir / "report.md").is_file()
+
+
+def _lock_holder(study_dir: Path) -> str:
+    path = study_dir / ".lock"
+    return path.read_text().strip() if path.is_file() else ""
+
+
+def test_a_second_driver_is_refused_and_a_killed_one_leaves_no_lock(tmp_path, capsys):
+    """Two drivers on one study dir: the second refuses with one line; a SIGKILLed holder blocks nobody."""
+    from study.__main__ import main
+    from study.runner import init_study
+    from study.spec import validate
+
+    spec = validate({
+        "name": "locked",
+        "storage_path": str(tmp_path),
+        "pairs": [{"teacher": "resnet8", "student": "resnet8"}],
+        "methods": ["ce"],
+        "config": {"epochs": 1, "batch_size": 64, "train_subset": 256},
+        "resources": {"cpu": 1},
+        "ray": {"num_cpus": 1},
+    })
+    study_dir = tmp_path / "locked"
+    init_study(spec, study_dir)
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    try:
+        holder = subprocess.Popen([sys.executable, "-m", "study", "resume", str(study_dir), "--no-report"],
+                                  cwd=REPO, env=_env(first), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not _lock_holder(study_dir).startswith(f"pid {holder.pid} on "):  # written once the lock is held
+            assert holder.poll() is None and time.time() < deadline, "the first driver never took the lock"
+            time.sleep(0.1)
+        capsys.readouterr()
+        assert main(["resume", str(study_dir), "--no-report"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"in use by another `python -m study` (pid {holder.pid} on " in err[0], err
+        assert holder.poll() is None  # the refusal left the first driver alone
+
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        _end_marked(first)
+        assert _lock_holder(study_dir).startswith(f"pid {holder.pid} ")  # the file stays; the kernel dropped the lock
+        out = _study(["resume", str(study_dir), "--no-report", "--verbose", "0"], second, timeout=400)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]  # every trial finished
+    finally:
+        for marker in (first, second):
+            _end_marked(marker)
+    (trial,) = experiment_trials(study_dir / "grid-ce")
+    assert trial["status"] == "TERMINATED"
+    assert load_manifest(study_dir)["stages"][0]["status"] == "done"

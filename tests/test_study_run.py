@@ -257,3 +257,38 @@ def test_resume_from_a_stale_snapshot_trains_no_epoch_twice(snapshot_at, ray_ses
     for i in (0, 1):
         for key in ("train/loss", "val/top1", "time/epoch_s"):
             assert replayed[i][key] == original[i][key]
+
+
+@pytest.mark.parametrize(("lrs", "expected"), [
+    ([0.05, 1.0e12], "1 of 2 trial(s) errored (first: grid-ce/"),
+    ([1.0e12], "1 of 1 trial(s) errored (first: grid-ce/"),
+])
+def test_run_exits_1_unless_every_trial_finished_and_prints_the_tensorboard_command(ray_session, tmp_path, capsys,
+                                                                                    lrs, expected):
+    from study.console import RAY_TENSORBOARD_HINT
+
+    spec = {
+        "name": "exits",
+        "storage_path": str(tmp_path),
+        "pairs": [{"teacher": "resnet8", "student": "resnet8"}],
+        "methods": ["ce"],
+        "config": {"epochs": 1, "batch_size": 64, "train_subset": 256},
+        "grid": {"ce": {"lr": lrs}},
+        "max_failures": 0,
+        "resources": {"cpu": 1},
+    }
+    path = tmp_path / "exits.yaml"
+    path.write_text(json.dumps(spec))
+    study_dir = tmp_path / "exits"
+    assert main(["run", str(path), "--no-report", "--verbose", "1"]) == 1
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if line.startswith("study: error:")]
+    assert len(errors) == 1, err
+    assert expected in errors[0] and "non-finite loss" in errors[0]  # the first error's own message
+    assert ("no finished trial in stage(s) grid-ce" in errors[0]) == (len(lrs) == 1)
+    assert errors[0].endswith(f"see `python -m study status {study_dir}`")
+    # Ray's hint names a temporary folder of its session; the study prints the study dir once instead
+    assert RAY_TENSORBOARD_HINT not in out, out
+    assert out.count("tensorboard --logdir") == 1
+    assert f"TensorBoard: tensorboard --logdir {study_dir}\n" in out
+    assert list(study_dir.glob("grid-ce/*/events.out.tfevents.*"))  # the event files it points at
