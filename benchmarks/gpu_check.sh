@@ -58,7 +58,10 @@ else
   # 50,000 CIFAR-shaped training images, the platform's defaults otherwise (amp/channels_last auto, batch 64)
   TRIAL=(student=resnet8x4 teacher=resnet32x4 synthetic_size=50000 synthetic_classes=100 device=cuda)
 fi
-TEACHER="$OUTDIR/teacher_$T_ARCH.pt"
+# Checkpoints (the teacher's, the trials') stay in a scratch folder: OUTDIR keeps only small files to bring back.
+SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX") || exit 2
+trap 'rm -rf "$SCRATCH"' EXIT
+TEACHER="$SCRATCH/teacher_$T_ARCH.pt"
 TRIAL=(method=ijckd "${TRIAL[@]}" dataset=synthetic epochs=2 seed=0 teacher_checkpoint="$TEACHER")
 
 # record NAME KIND STATUS RC SECONDS TIMEOUT RESULT
@@ -91,6 +94,14 @@ step() {
   echo "[gpu_check] $name: $status (exit $rc)"
 }
 
+trial() {  # trial NAME TIMEOUT KEY=VALUE...: a python -m trainables run, its progress.jsonl kept in OUTDIR/NAME
+  local name=$1 limit=$2; shift 2
+  step "$name" trial "$limit" "$name/progress.jsonl" "$PY" -m trainables "${TRIAL[@]}" "$@" --out "$SCRATCH/$name"
+  mkdir -p "$OUTDIR/$name"
+  cp "$SCRATCH/$name/progress.jsonl" "$OUTDIR/$name/" 2> /dev/null
+  rm -rf "${SCRATCH:?}/$name"
+}
+
 skip() {  # skip NAME KIND REASON
   echo "skipped: $3" > "$OUTDIR/$1.log"; record "$1" "$2" skipped 0 0 0 ""; echo "[gpu_check] $1: skipped ($3)"
 }
@@ -106,18 +117,15 @@ step pytest-gpu pytest 150 pytest_gpu.xml \
   "$PY" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider --junitxml "$OUTDIR/pytest_gpu.xml"
 step bench-single bench 120 bench-single.json "$PY" -m benchmarks "${BENCH[@]}" --json
 step teacher log 60 "" "$PY" -m benchmarks.gpu_check teacher "$TEACHER" --arch "$T_ARCH" --classes "$T_CLASSES"
-step epochs-eager trial 150 epochs-eager/progress.jsonl \
-  "$PY" -m trainables "${TRIAL[@]}" compile=false --out "$OUTDIR/epochs-eager"
+trial epochs-eager 150 compile=false
 step "bench-pack$PACK" bench 180 "bench-pack$PACK.json" \
   "$PY" -m benchmarks "${BENCH[@]}" --pack "$PACK" --pack-backend processes --json
-step epochs-compile trial 180 epochs-compile/progress.jsonl \
-  "$PY" -m trainables "${TRIAL[@]}" compile=true --out "$OUTDIR/epochs-compile"
+trial epochs-compile 180 compile=true
 
 # -- make-it-fast experiments (README "Performance"): measured here, never a default without a figure ---------
 if [ "$VARIANTS" = 1 ]; then
   step sync-check sync 90 sync-check.json "$PY" -m benchmarks.sync_check "${SYNC[@]}" --json
-  step epochs-eval2048 trial 120 epochs-eval2048/progress.jsonl \
-    "$PY" -m trainables "${TRIAL[@]}" eval_batch_size=2048 --out "$OUTDIR/epochs-eval2048"
+  trial epochs-eval2048 120 eval_batch_size=2048
   step bench-compile bench 150 bench-compile.json "$PY" -m benchmarks "${BENCH[@]}" --loops platform --compile --json
   step bench-compile-ro bench 180 bench-compile-ro.json \
     "$PY" -m benchmarks "${BENCH[@]}" --loops platform --compile-mode reduce-overhead --json

@@ -548,6 +548,10 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, torch.device
     return settings, device, note
 
 
+def _compile_text(value: str | bool | None) -> str:
+    return value if isinstance(value, str) else ("on" if value else "off")
+
+
 def format_text(result: dict[str, Any]) -> str:
     """The human-readable report."""
     s, m = result["settings"], result["machine"]
@@ -565,7 +569,7 @@ def format_text(result: dict[str, Any]) -> str:
             r = result[loop]
             how = (
                 f"amp {r['amp']}, channels_last {'on' if r['channels_last'] else 'off'}, "
-                f"compile {'on' if r.get('compile') else 'off'}, {r['optimizer']}, {r['data']}"
+                f"compile {_compile_text(r.get('compile'))}, {r['optimizer']}, {r['data']}"
                 if loop == "platform"
                 else f"DataLoader {r['workers']} workers + torchvision PIL transforms, fp32, NCHW, no_grad teacher"
             )
