@@ -19,16 +19,15 @@ By default the two loops' chunks alternate (``--order interleaved``), so a machi
 during the run slows both alike; ``--order sequential`` times one loop after the other. Only training
 steps are timed (no evaluation).
 
-``--pack N`` measures packing through Ray instead: N concurrent trials at ``gpu: 1/N`` (and ``cpu:
-cores/N``) against one trial holding the whole GPU, for both loops; trials start their timed steps
-together (a Ray actor as barrier) and the aggregate is all their images over the common wall-clock
-window. Without a GPU the same runs share the CPU cores (``cpu: cores/N``, ``gpu: 0``), which measures
-CPU packing, not GPU packing.
+``--pack N`` measures packing instead (``benchmarks.packing``): N concurrent trials, each with 1/N of the
+GPU (or of the cores), against one trial holding all of it, for both loops, started through Ray
+(``--pack-backend ray``) or as N processes of the benchmark's own (``processes``, no Ray needed).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -37,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +68,8 @@ class Settings:
     image_size: int = 32
     seed: int = 0
     threads: int | None = None
+    gpu_memory_fraction: float | None = None
+    compile_mode: str | None = None
 
 
 @dataclass
@@ -136,6 +137,8 @@ def trial_config(settings: Settings, teacher_file: Path) -> dict[str, Any]:
         "compile": settings.compile,
         "checkpoint_every": 1,
     }
+    if settings.gpu_memory_fraction is not None:
+        cfg["gpu_memory_fraction"] = settings.gpu_memory_fraction
     from trainables.methods import get_method
 
     method_cls = get_method(settings.method)
@@ -216,11 +219,14 @@ class PlatformRunner(Runner):
         self._train_one_epoch = train_one_epoch
         self._epoch = 0
         trial = self.trial
+        if settings.compile_mode:  # an experiment (README "Performance"): the trials compile in default mode
+            trial.step_fn = torch.compile(trial.method.training_step, mode=settings.compile_mode)
         self.details = {
             "device": str(trial.device),
             "amp": str(trial.amp_dtype).replace("torch.", "") if trial.amp_dtype else "off",
             "channels_last": trial.data.train.memory_format == torch.channels_last,
-            "compile": bool(trial.cfg["compile"]),
+            "compile": settings.compile_mode or bool(trial.cfg["compile"]),
+            "gpu_memory_fraction": trial.cfg.get("gpu_memory_fraction"),
             "optimizer": "fused SGD" if trial.device.type == "cuda" else "foreach SGD",
             "data": "device-resident uint8, augmented on the device",
             "threads": torch.get_num_threads(),
@@ -298,13 +304,14 @@ class ReferenceRunner(Runner):
         from trainables import models
         from trainables.config import resolve_config
         from trainables.data import build_data
-        from trainables.device import resolve_device
+        from trainables.device import cap_gpu_memory, resolve_device
         from trainables.methods import MethodContext, get_method
         from trainables.teacher import load_teacher_model
 
         plain = {"amp": "off", "channels_last": False, "compile": False}
         cfg = resolve_config({**trial_config(settings, teacher_file), **plain})
         self.device = device = resolve_device(cfg)
+        fraction = cap_gpu_memory(cfg, device)  # a packed trial shares the card as the platform's do
         data = build_data(cfg)
         split = data.train
         images = split.images.permute(0, 2, 3, 1).contiguous().numpy()
@@ -356,6 +363,7 @@ class ReferenceRunner(Runner):
             "amp": "off",
             "channels_last": False,
             "workers": workers,
+            "gpu_memory_fraction": fraction,
             "optimizer": "SGD (torch defaults)",
             "data": "DataLoader + torchvision PIL transforms",
             "threads": torch.get_num_threads(),
@@ -444,102 +452,6 @@ def run_single(settings: Settings, loops: Sequence[str] = LOOPS, order: str = "i
     return out
 
 
-# -- packing through Ray ----------------------------------------------------------------------------------
-def _barrier_actor(n: int) -> Any:
-    import ray
-
-    @ray.remote(num_cpus=0)
-    class Barrier:
-        """Trials report when warmed up; the timed steps start once all of them have."""
-
-        def __init__(self, n: int) -> None:
-            self.n, self.count = n, 0
-
-        def arrive(self) -> None:
-            self.count += 1
-
-        def ready(self) -> bool:
-            return self.count >= self.n
-
-    return Barrier.remote(n)
-
-
-def _pack_worker(loop: str, settings: dict[str, Any], teacher_file: str, barrier: Any, cpus: float) -> dict[str, Any]:
-    """Body of one packed trial (a Ray task): warm up, wait for the others, time the steps."""
-    import ray
-
-    torch.set_num_threads(max(1, int(cpus)))
-
-    def wait_for_all(timeout_s: float = 600.0) -> None:
-        ray.get(barrier.arrive.remote())
-        deadline = time.time() + timeout_s
-        while not ray.get(barrier.ready.remote()) and time.time() < deadline:
-            time.sleep(0.02)
-
-    m = measure(loop, Settings(**settings), Path(teacher_file), wait_for_all)
-    return {"images": m.images, "seconds": m.seconds, "t_start": m.t_start, "t_end": m.t_end, **m.details}
-
-
-def _ray_round(loop: str, settings: Settings, teacher_file: Path, n: int, cpus: float, gpus: float) -> dict[str, Any]:
-    import ray
-
-    barrier = _barrier_actor(n)
-    worker = ray.remote(_pack_worker).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
-    per_trial = replace(settings, workers=settings.workers or default_workers(cpus))
-    results = ray.get([worker.remote(loop, asdict(per_trial), str(teacher_file), barrier, cpus) for _ in range(n)])
-    ray.kill(barrier)
-    window = max(r["t_end"] for r in results) - min(r["t_start"] for r in results)
-    images = sum(r["images"] for r in results)
-    return {
-        "trials": n,
-        "cpu_per_trial": cpus,
-        "gpu_per_trial": gpus,
-        "img_s": images / window if window > 0 else float("nan"),
-        "per_trial_img_s": [r["images"] / r["seconds"] for r in results],
-        "device": results[0]["device"],
-        "workers": results[0].get("workers"),
-    }
-
-
-def _per_trial_cpus(total: float, n: int) -> float:
-    """Ray takes fractions below 1 and whole numbers above: cores/N rounded down to what it accepts."""
-    share = total / n
-    return share if share < 1 else float(int(share))
-
-
-def run_pack(settings: Settings, n: int, loops: Sequence[str] = LOOPS) -> dict[str, Any]:
-    """N trials at 1/N of the GPU (or of the cores) against one trial with all of it, for each loop."""
-    import ray
-
-    from trainables.device import gpus_available
-
-    started = False
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        started = True
-    try:
-        total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
-        use_gpu = settings.device != "cpu" and gpus_available() >= 1
-        out: dict[str, Any] = {"mode": "pack", "trials": n, "gpu": use_gpu, "cluster_cpus": total_cpus}
-        with tempfile.TemporaryDirectory(prefix="kd-bench-") as tmp:
-            teacher_file = make_teacher_file(settings, Path(tmp))
-            for loop in loops:
-                single = _ray_round(
-                    loop, settings, teacher_file, 1, _per_trial_cpus(total_cpus, 1), 1.0 if use_gpu else 0
-                )
-                packed = _ray_round(
-                    loop, settings, teacher_file, n, _per_trial_cpus(total_cpus, n), 1.0 / n if use_gpu else 0
-                )
-                out[loop] = {"single": single, "packed": packed, "packing_gain": packed["img_s"] / single["img_s"]}
-        if "platform" in out and "reference" in out:
-            out["ratio_packed"] = out["platform"]["packed"]["img_s"] / out["reference"]["packed"]["img_s"]
-            out["ratio_single"] = out["platform"]["single"]["img_s"] / out["reference"]["single"]["img_s"]
-        return out
-    finally:
-        if started:
-            ray.shutdown()
-
-
 # -- command line -----------------------------------------------------------------------------------------
 def machine_info(device: torch.device) -> dict[str, Any]:
     """What the figures came from (the load average matters on a shared machine)."""
@@ -583,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"], help="platform loop only")
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"], help="platform loop only")
     p.add_argument("--compile", action="store_true", help="torch.compile the platform's training step")
+    p.add_argument("--compile-mode", default=None, choices=["default", "reduce-overhead", "max-autotune",
+                   "max-autotune-no-cudagraphs"], help="torch.compile mode for the platform step (implies --compile)")
     p.add_argument("--workers", type=int, default=None, help="reference DataLoader workers (default min(4, cores))")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--classes", type=int, default=100)
@@ -592,7 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", default="interleaved", choices=["interleaved", "sequential"],
                    help="time the loops in alternating chunks (default) or one after the other")
     p.add_argument("--pack", type=int, default=0, metavar="N",
-                   help="packing mode: N concurrent Ray trials at gpu 1/N vs one trial on the whole GPU")
+                   help="packing mode: N concurrent trials at 1/N of the GPU vs one trial on the whole GPU")
+    p.add_argument("--pack-backend", default="ray", choices=["ray", "processes"],
+                   help="who starts the packed trials: Ray tasks, or N processes of the benchmark (no Ray)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return p
 
@@ -621,7 +537,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, torch.device
         device=args.device,
         amp=args.amp,
         channels_last=channels_last,
-        compile=args.compile,
+        compile=args.compile or args.compile_mode is not None,
+        compile_mode=args.compile_mode,
         workers=args.workers,
         classes=args.classes,
         image_size=args.image_size,
@@ -629,6 +546,10 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, torch.device
         threads=args.threads,
     )
     return settings, device, note
+
+
+def _compile_text(value: str | bool | None) -> str:
+    return value if isinstance(value, str) else ("on" if value else "off")
 
 
 def format_text(result: dict[str, Any]) -> str:
@@ -648,7 +569,7 @@ def format_text(result: dict[str, Any]) -> str:
             r = result[loop]
             how = (
                 f"amp {r['amp']}, channels_last {'on' if r['channels_last'] else 'off'}, "
-                f"compile {'on' if r.get('compile') else 'off'}, {r['optimizer']}, {r['data']}"
+                f"compile {_compile_text(r.get('compile'))}, {r['optimizer']}, {r['data']}"
                 if loop == "platform"
                 else f"DataLoader {r['workers']} workers + torchvision PIL transforms, fp32, NCHW, no_grad teacher"
             )
@@ -657,7 +578,7 @@ def format_text(result: dict[str, Any]) -> str:
             lines.append(f"{'ratio':<10} {result['ratio']:10.2f}x  (platform / reference)")
     else:
         kind = "GPU" if result["gpu"] else "CPU cores (no GPU: this is CPU packing)"
-        lines.append(f"packing {result['trials']} trials through Ray on {kind}")
+        lines.append(f"packing {result['trials']} trials ({result['backend']} backend) on {kind}")
         for loop in LOOPS:
             if loop not in result:
                 continue
@@ -678,6 +599,13 @@ def format_text(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print text (or one JSON object with ``--json``). Returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -688,7 +616,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings, device, note = settings_from_args(args)
     if args.pack and args.pack < 1:
         raise SystemExit("--pack takes a number of trials >= 1")
-    result = run_pack(settings, args.pack, loops) if args.pack else run_single(settings, loops, args.order)
+    if args.pack and args.pack_backend == "ray" and not _importable("ray"):
+        print("error: --pack-backend ray needs Ray, which is not installed here; --pack-backend processes "
+              "packs the trials without it", file=sys.stderr)
+        return 2
+    if args.pack:
+        from .packing import run_pack
+
+        result = run_pack(settings, args.pack, loops, backend=args.pack_backend)
+    else:
+        result = run_single(settings, loops, args.order)
     result["settings"] = asdict(settings)
     result["machine"] = machine_info(device)
     result["notes"] = [note] if note else []

@@ -108,6 +108,9 @@ class TensorSplit(Split):
         self.crop_padding = crop_padding
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        # A tensor, not the number: CUDA divides by a Python scalar as a multiply by its reciprocal, which
+        # differs from ToTensor's true division in the last bit for about half the pixel values.
+        self._255 = torch.full((1, 1, 1, 1), 255.0)
         self.memory_format = torch.contiguous_format
 
     @property
@@ -129,17 +132,18 @@ class TensorSplit(Split):
         self.labels = self.labels.to(device)
         self._mean = self._mean.to(device)
         self._std = self._std.to(device)
+        self._255 = self._255.to(device)
         return self
 
     def subset(self, indices: torch.Tensor) -> TensorSplit:
         indices = indices.to(self.images.device)
         out = TensorSplit(self.images[indices], self.labels[indices], (0,), (1,), self.crop_padding)
-        out._mean, out._std, out.memory_format = self._mean, self._std, self.memory_format
+        out._mean, out._std, out._255, out.memory_format = self._mean, self._std, self._255, self.memory_format
         return out
 
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 -> float in [0, 1] -> (x - mean) / std: the same arithmetic as ToTensor + Normalize."""
-        x = images_uint8.contiguous(memory_format=self.memory_format).float().div_(255.0)
+        x = images_uint8.contiguous(memory_format=self.memory_format).float().div_(self._255)
         return x.sub_(self._mean).div_(self._std)
 
     def batches(
