@@ -227,6 +227,8 @@ def train_one_epoch(trial: Trial, epoch: int, max_steps: int | None = None) -> d
         total_sum += loss.detach().float() * n
         correct += (result.logits.detach().argmax(1) == batch.y).sum()
         seen += n
+    if trial.teacher is not None:
+        trial.teacher.on_train_epoch_end(epoch)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
@@ -272,6 +274,7 @@ def train(
             metrics.update(trial.teacher.epoch_metrics(epoch))
         metrics.update(trial.diagnostics.run(epoch))
         metrics["teacher_calls"] = trial.teacher.calls if trial.teacher is not None else 0
+        metrics["teacher_calls_computed"] = trial.teacher.computed if trial.teacher is not None else 0
         trial.method.on_epoch_end(epoch, metrics)
         if last:
             trial.method.on_train_end(metrics)

@@ -8,10 +8,13 @@ from is the source's business, not the method's:
   read by index (``teacher_budget``, Comparative KD; see ``trainables.teacher.budget``);
 * the shared store (``teacher_store: true``): per-image outputs of the un-augmented training split,
   computed once per study and shared through ``teacher_store_dir`` (``trainables.teacher.store``);
+* the teacher stream (``teacher_stream_dir``): the logits of every augmented training batch, computed by
+  the first trial of a study to reach the epoch and read by the others (``trainables.teacher.stream``);
 * a trajectory schedule (``online``): the network's weights follow the teacher's checkpoints, switched
   at the start of each epoch (``trainables.teacher.trajectory``).
 
-The source counts every image a method asks about (``teacher_calls``) and enforces ``teacher_budget``.
+The source counts every image a method asks about (``teacher_calls``, served or computed) and enforces
+``teacher_budget``; ``computed`` counts the images it actually ran the teacher on.
 Diagnostics read ``model`` directly and are not counted. ``state()`` (the count and the budget cache)
 travels in the trial checkpoint, so a resumed trial asks the teacher nothing it already asked.
 """
@@ -30,6 +33,7 @@ from ..errors import TeacherBudgetExceeded
 from .budget import label_once
 from .network import FrozenTeacher, TeacherOutput, load_teacher_model
 from .store import TeacherStore, load_or_compute, store_key, teacher_file_id
+from .stream import TeacherStream, stream_enabled
 from .trajectory import TrajectorySchedule
 
 if TYPE_CHECKING:
@@ -71,17 +75,23 @@ class TeacherSource:
         arch: str = "",
         trajectory: TrajectorySchedule | None = None,
         label_once: LabelOnce | None = None,
+        weights_file: str | None = None,
     ) -> None:
         self.network = network
         self.budget = budget
         self.arch = arch
         self.calls = 0
+        self.computed = 0
+        self.weights_file = weights_file
+        """The file the network's current weights came from (the stream's key hashes it)."""
         self.trajectory = trajectory
         self.label_once = label_once
         self.cache: TeacherStore | None = None
         """The budget cache: logits of every training image, read for every training batch."""
         self.store: TeacherStore | None = None
         """The shared store: per-image outputs, read only for batches that were not augmented."""
+        self.stream: TeacherStream | None = None
+        """The teacher stream: logits of each training batch, shared by the trials of a study."""
         self._loaded_point: int | None = None
 
     # -- what methods ask ------------------------------------------------------------------------------------
@@ -99,12 +109,33 @@ class TeacherSource:
         if want != "stages" and self.store is not None and self.store.serves(batch):
             if want == "logits" or self.store.features is not None:
                 return self.store.lookup(batch.index)
+        if self.stream is not None:
+            return self._through_stream(batch, want)
         return self(batch.x)
+
+    @torch.compiler.disable
+    def _through_stream(self, batch: Batch, want: str) -> TeacherOutput:
+        """Logits from the stream where it has them; live passes are recorded for the other trials."""
+        if want == "logits":
+            self.count(int(batch.x.shape[0]))
+            logits = self.stream.logits(batch.index, lambda: self._forward(batch.x).logits)
+            return TeacherOutput(logits=logits, features=None, stages=[])
+        out = self(batch.x)
+        out.logits = self.stream.live(batch.index, out.logits)
+        return out
 
     def __call__(self, x: torch.Tensor) -> TeacherOutput:
         """A counted live pass on ``x`` (the budget counts every image)."""
         self.count(int(x.shape[0]))
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> TeacherOutput:
+        self._computed(int(x.shape[0]))
         return self.network.forward(x)
+
+    @torch.compiler.disable
+    def _computed(self, n: int) -> None:
+        self.computed += n
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         """The teacher's frozen pooling + classifier on (student) features; gradients flow to the input."""
@@ -142,10 +173,18 @@ class TeacherSource:
             index = self.trajectory.index(epoch)
             if index != self._loaded_point:
                 self.network.load_weights(self.trajectory.points[index].path, self.arch)
+                self.weights_file = str(self.trajectory.points[index].path)
                 self._loaded_point = index
         if self.label_once is not None and self.cache is None:
             plan = self.label_once
             self.cache = label_once(self, plan.split, plan.view, plan.seed, plan.batch_size)
+        if self.stream is not None and self.weights_file:
+            self.stream.begin(epoch, self.weights_file)
+
+    def on_train_epoch_end(self, epoch: int) -> None:
+        """After the epoch's last step: the stream writes what is pending and frees the epoch."""
+        if self.stream is not None:
+            self.stream.end()
 
     def epoch_metrics(self, epoch: int) -> dict[str, Any]:
         """The schedule's metrics (``online/teacher_index``, ``online/teacher_epoch``) when there is one."""
@@ -159,7 +198,7 @@ class TeacherSource:
         return load_teacher_model(self.arch, self.trajectory.final.path, num_classes).to(device)
 
     def state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"calls": self.calls}
+        state: dict[str, Any] = {"calls": self.calls, "computed": self.computed}
         if self.cache is not None:
             state["cache"] = self.cache.state()
         return state
@@ -168,6 +207,7 @@ class TeacherSource:
         """Restore ``state()``. ``legacy_cache`` is the budget cache as checkpoints before the teacher source
         kept it (a method's ``extra['teacher_cache']``: ``{'logits', 'view'}``)."""
         self.calls = int(state.get("calls", 0))
+        self.computed = int(state.get("computed", self.calls))
         device = next(self.network.model.parameters()).device
         if state.get("cache") is not None:
             self.cache = TeacherStore.from_state(state["cache"]).to(device)
@@ -191,9 +231,13 @@ def build_source(cfg: Mapping[str, Any], plan: TeacherPlan, network: FrozenTeach
         arch=str(cfg.get("teacher") or ""),
         trajectory=plan.trajectory,
         label_once=once,
+        weights_file=str(cfg["teacher_checkpoint"]) if cfg.get("teacher_checkpoint") else None,
     )
     if cfg.get("teacher_store"):
         source.store = _shared_store(cfg, source, train)
+    if stream_enabled(cfg):
+        device = next(network.model.parameters()).device
+        source.stream = TeacherStream(cfg, device, network.autocast_dtype)
     return source
 
 
