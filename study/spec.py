@@ -59,6 +59,8 @@ STUDY_MANAGED = ("method", "student", "teacher", "teacher_checkpoint", "seed", "
 RUNTIME_KEYS = ("device", "amp", "channels_last", "compile", "eval_batch_size", "gpu_memory_fraction", "batch_size")
 """Global ``config`` keys that also apply to the teacher stage (besides data keys)."""
 
+STREAM_FOLDER = "teacher_stream"
+"""Folder of the study dir where the teacher stream of its trials lives (README "Teacher source")."""
 TRAJECTORY_KEY = "teacher_trajectory"
 """Config key through which a method (online distillation) receives the teacher's checkpoint trajectory."""
 
@@ -300,6 +302,8 @@ class Spec:
                 cfg["teacher_checkpoint"] = files["checkpoint"]
             if TRAJECTORY_KEY in allowed_keys(cls.defaults) and files.get("trajectory"):
                 cfg.setdefault(TRAJECTORY_KEY, files["trajectory"])
+            if cfg.get("teacher_stream", "auto") is not False:  # the trials share the teacher's outputs
+                cfg.setdefault("teacher_stream_dir", str(self.study_dir / STREAM_FOLDER))
         return cfg
 
     def teacher_config(self, arch: str, trajectory_dir: str) -> dict[str, Any]:
@@ -657,7 +661,7 @@ def _probe_data(num_classes: int, side: int, n: int) -> Any:
 
 
 PROBE_SETTINGS = {"device": "cpu", "amp": "off", "channels_last": False, "compile": False, "teacher_budget": None,
-                  "teacher_store": False}
+                  "teacher_store": False, "teacher_stream": False}
 PROBE_SIZES = (32, 512)
 """Probe data sizes: small first; a method that needs more data when built (e.g. the 256 points of
 supervision complexity) gets the larger set before its error counts."""

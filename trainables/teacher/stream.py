@@ -7,7 +7,8 @@ reach an epoch computes the teacher's logits batch by batch, as it trains, and w
 half-written chunk is never read); every other trial with the same key reads them instead of running
 the teacher. The key covers what the logits depend on: the teacher file's content (the trajectory
 checkpoint in use for ``online``), the data keys, the trial seed, the batch size, the augmentation, the
-precision, the device type and the stored dtype.
+precision, the memory format, ``compile``, the device type, the thread count, the torch version and the
+stored dtype (the last few change the rounding of the teacher's pass).
 
 One writer per (key, epoch): the first trial to ask for a batch of the epoch takes the epoch's lock; a
 trial that finds it taken follows the writer chunk by chunk and waits for the next chunk up to ``WAIT_S``
@@ -116,7 +117,11 @@ class TeacherStream:
             "batch_size": cfg["batch_size"],
             "augment": cfg["augment"],
             "amp": str(amp_dtype),
+            "channels_last": cfg.get("channels_last"),
+            "compile": cfg.get("compile"),
             "device": device.type,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
             "dtype": str(self.dtype),
         }
         self.folder: Path | None = None
