@@ -7,6 +7,7 @@ file: exactness and accounting do not depend on what the teacher learned.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,40 @@ def test_a_busy_writer_is_waited_for_then_worked_around(cfg: dict, tmp_path: Pat
         holder.wait()
     assert history[-1]["teacher_calls_computed"] == 96 and _same_weights(reference, weights)
     assert not list(epoch.glob("chunk_*.pt"))  # a follower that gave up does not write another's epoch
+
+
+DIE_AFTER_FIRST_CHUNK_OF_EPOCH_2 = """
+import json, os, signal, sys
+import torch
+torch.set_num_threads(1)
+from trainables.loop import train
+from trainables.reporting import RunDirReporter
+from trainables.teacher import stream
+
+write = stream.TeacherStream._flush
+
+def write_then_die(self):
+    write(self)
+    if self.folder is not None and self.folder.name == "epoch_0001":
+        os.kill(os.getpid(), signal.SIGKILL)  # the writer dies mid-epoch, its lock still held
+
+stream.TeacherStream._flush = write_then_die
+train(json.loads(sys.argv[1]), reporter=RunDirReporter(sys.argv[2]), workdir=sys.argv[2])
+"""
+
+
+def test_writer_killed_mid_epoch_then_resumed_trains_like_an_uninterrupted_run(cfg: dict, tmp_path: Path) -> None:
+    cfg = {**cfg, "train_subset": 320, "epochs": 3}  # 10 batches an epoch: chunks of 8 and 2
+    _, straight = _run({**cfg, "teacher_stream": False}, tmp_path / "straight")
+    run_dir = tmp_path / "killed"
+    child = subprocess.run([sys.executable, "-c", DIE_AFTER_FIRST_CHUNK_OF_EPOCH_2, json.dumps(cfg), str(run_dir)],
+                           capture_output=True, text=True, timeout=600)
+    assert child.returncode == -9, child.stderr[-2000:]
+    epoch2 = next(Path(cfg["teacher_stream_dir"]).glob("*/epoch_0001"))
+    assert [p.name for p in epoch2.iterdir()] == ["chunk_00000.pt"]
+    checkpoint = RunDirReporter(run_dir).checkpoint_dir
+    assert load_state(checkpoint)["epoch"] == 1
+    history, resumed = _run(cfg, run_dir, resume_from=checkpoint)  # takes over the dead writer's epoch
+    assert [m["epoch"] for m in history] == [2, 3]
+    assert [m["teacher_calls_computed"] for m in history] == [320 + 64, 320 + 64 + 320]  # 8 batches were read
+    assert _same_weights(straight, resumed)

@@ -19,7 +19,7 @@ already written are reused after a kill. ``teacher_stream_max_gb`` bounds the fo
 written, the oldest epochs are evicted until it fits.
 
 Exact: a reader gets the very tensors the writer trained on (stored in float32 by default; with
-``teacher_stream_dtype: bfloat16`` the writer trains on the rounded logits too), so on the same device,
+``teacher_stream_dtype: bfloat16`` every trial, writer included, trains on the rounded logits), so on the same device,
 precision and thread count a reading trial trains bit-identically to one that computes the teacher.
 """
 
@@ -176,8 +176,7 @@ class TeacherStream:
 
     def record(self, step: int, batch_index: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Keep a live pass's logits for the stream (as the writer); returns the logits training uses."""
-        if self.dtype != torch.float32:
-            logits = logits.to(self.dtype).float()  # the writer trains on what the readers will read
+        logits = self._as_stored(logits)  # the writer trains on what the readers will read
         if self._lock is not None:
             if not self._pending:
                 self._first_pending = step
@@ -194,7 +193,11 @@ class TeacherStream:
         self.step += 1
         if self._lock is not None and self._pending_or_missing(step):
             return self.record(step, batch_index, logits)
-        return logits
+        return self._as_stored(logits)
+
+    def _as_stored(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits as the stream keeps them: every trial trains on these, whatever its role."""
+        return logits.to(self.dtype).float() if self.dtype != torch.float32 else logits
 
     def _pending_or_missing(self, step: int) -> bool:
         return bool(self._pending) or not self._chunk_path(step // CHUNK_BATCHES).is_file()
