@@ -162,3 +162,24 @@ def test_writer_killed_mid_epoch_then_resumed_trains_like_an_uninterrupted_run(c
     assert [m["epoch"] for m in history] == [2, 3]
     assert [m["teacher_calls_computed"] for m in history] == [320 + 64, 320 + 64 + 320]  # 8 batches were read
     assert _same_weights(straight, resumed)
+
+
+def test_the_oldest_epochs_are_evicted_to_fit_the_size_limit(cfg: dict, tmp_path: Path) -> None:
+    import os
+    import time
+
+    root = Path(cfg["teacher_stream_dir"])
+    for age, name in enumerate(["old/epoch_0000", "old/epoch_0001", "new/epoch_0000"]):
+        (root / name).mkdir(parents=True)
+        (root / name / "chunk_00000.pt").write_bytes(b"x" * 1000)
+        stamp = time.time() - 100 + age
+        os.utime(root / name, (stamp, stamp))
+    limit_gb = 2500 / 2**30  # room for two of the three epochs
+    s = stream_module.TeacherStream({**cfg, "augment": True, "teacher_stream_max_gb": limit_gb},
+                                    torch.device("cpu"), None)
+    s.begin(0, cfg["teacher_checkpoint"])
+    s.logits(torch.arange(4), lambda: torch.zeros(4, 10))  # the first request makes it the epoch's writer
+    kept = sorted(str(p.relative_to(root)) for p in root.glob("*/epoch_*") if p.is_dir())
+    assert kept == sorted(["new/epoch_0000", "old/epoch_0001", f"{s.folder.parent.name}/epoch_0000"])
+    s.end()
+    assert stream_module.stream_size_bytes(root) == 2000 + (s.folder / "chunk_00000.pt").stat().st_size
