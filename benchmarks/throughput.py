@@ -285,8 +285,7 @@ def _no_grad_teacher(model: torch.nn.Module) -> Any:
     class NoGradTeacher(FrozenTeacher):
         """The teacher as reference code runs it: ``torch.no_grad()``, fp32, outputs used as they are."""
 
-        def __call__(self, x: torch.Tensor) -> TeacherOutput:
-            self.count(int(x.shape[0]))
+        def forward(self, x: torch.Tensor) -> TeacherOutput:
             with torch.no_grad():
                 stages = self.model.forward_stages(x)
                 logits = self.model.forward_head(stages[-1])
@@ -306,7 +305,7 @@ class ReferenceRunner(Runner):
         from trainables.data import build_data
         from trainables.device import cap_gpu_memory, resolve_device
         from trainables.methods import MethodContext, get_method
-        from trainables.teacher import load_teacher_model
+        from trainables.teacher import build_source, load_teacher_model
 
         plain = {"amp": "off", "channels_last": False, "compile": False}
         cfg = resolve_config({**trial_config(settings, teacher_file), **plain})
@@ -335,7 +334,7 @@ class ReferenceRunner(Runner):
         teacher = None
         if method_cls.needs_teacher:
             model = load_teacher_model(cfg["teacher"], cfg["teacher_checkpoint"], data.num_classes)
-            teacher = _no_grad_teacher(model).to(device)
+            teacher = build_source(cfg, method_cls.teacher_plan(cfg), _no_grad_teacher(model.to(device)), data.train)
         student = models.create(cfg[method_cls.model_key], num_classes=data.num_classes).to(device)
         self._tmp = tempfile.TemporaryDirectory(prefix="kd-bench-")
         ctx = MethodContext(
@@ -355,6 +354,8 @@ class ReferenceRunner(Runner):
             weight_decay=float(cfg["weight_decay"]),
         )
         self.method.train()
+        if teacher is not None:
+            teacher.on_epoch_start(0)
         self.method.on_epoch_start(0)
         self._batches = iter(loader)
         self.meter = {"loss": 0.0, "n": 0}

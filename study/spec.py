@@ -33,6 +33,8 @@ from .spec_schema import suggest as suggest
 RUNTIME_KEYS = ("device", "amp", "channels_last", "compile", "eval_batch_size", "gpu_memory_fraction", "batch_size")
 """Global ``config`` keys that also apply to the teacher stage (besides data keys)."""
 
+STREAM_FOLDER = "teacher_stream"
+"""Folder of the study dir where the teacher stream of its trials lives (README "Teacher source")."""
 TRAJECTORY_KEY = "teacher_trajectory"
 """Config key through which a method (online distillation) receives the teacher's checkpoint trajectory."""
 
@@ -205,6 +207,8 @@ class Spec:
                 cfg["teacher_checkpoint"] = files["checkpoint"]
             if TRAJECTORY_KEY in allowed_keys(cls.defaults) and files.get("trajectory"):
                 cfg.setdefault(TRAJECTORY_KEY, files["trajectory"])
+            if cfg.get("teacher_stream", "auto") is not False:  # the trials share the teacher's outputs
+                cfg.setdefault("teacher_stream_dir", str(self.study_dir / STREAM_FOLDER))
         return cfg
 
     def teacher_config(self, arch: str, trajectory_dir: str) -> dict[str, Any]:
@@ -370,7 +374,8 @@ def _probe_data(num_classes: int, side: int, n: int) -> Any:
     return DataBundle("probe", split, split, split, num_classes, (3, side, side))
 
 
-PROBE_SETTINGS = {"device": "cpu", "amp": "off", "channels_last": False, "compile": False, "teacher_budget": None}
+PROBE_SETTINGS = {"device": "cpu", "amp": "off", "channels_last": False, "compile": False, "teacher_budget": None,
+                  "teacher_store": False, "teacher_stream": False}
 PROBE_SIZES = (32, 512)
 """Probe data sizes: small first; a method that needs more data when built (e.g. the 256 points of
 supervision complexity) gets the larger set before its error counts."""
@@ -381,17 +386,22 @@ def _probe_one(cls: Any, cfg: dict[str, Any], pair: Mapping[str, str], num_class
 
     from trainables import models
     from trainables.methods import MethodContext
-    from trainables.teacher import FrozenTeacher
+    from trainables.teacher import FrozenTeacher, build_source
 
     data = _probe_data(num_classes, side, n)
     batch = next(data.train.batches(2, shuffle=False, augment=False))
     torch.manual_seed(0)
     student = models.create(pair["student"], num_classes=num_classes)
-    teacher = FrozenTeacher(models.create(pair["teacher"], num_classes=num_classes)) if cls.needs_teacher else None
+    teacher = None
+    if cls.needs_teacher:
+        network = FrozenTeacher(models.create(pair["teacher"], num_classes=num_classes))
+        teacher = build_source(cfg, cls.teacher_plan(cfg), network, data.train)
     ctx = MethodContext(num_classes, (3, side, side), torch.device("cpu"), Path("/nonexistent"), int(cfg["epochs"]),
                         extras={"data": data})
     method = cls(student, teacher, cfg, ctx)
     method.train()
+    if teacher is not None:
+        teacher.on_epoch_start(0)
     method.on_epoch_start(0)
     with torch.no_grad():
         out = method.training_step(batch, 0)

@@ -85,13 +85,13 @@ def test_budget_needs_a_matching_train_subset(student_cfg: dict) -> None:
 def test_teacher_runs_once_per_image_and_never_in_the_training_loop(student_cfg: dict, method: str) -> None:
     trial = build_trial(budget_cfg(student_cfg, method, epochs=2))
     assert len(trial.data.train) == 300 and trial.teacher.calls == 0
-    trial.method.on_epoch_start(0)
+    trial.teacher.on_epoch_start(0)
     assert trial.teacher.calls == 300  # exactly n calls, all before the first step
-    cache = trial.method.cache.logits.clone()
+    cache = trial.teacher.cache.logits.clone()
     train_one_epoch(trial, 0)  # the loop calls on_epoch_start(0) again: the cache is reused
     train_one_epoch(trial, 1)
     assert trial.teacher.calls == 300
-    torch.testing.assert_close(trial.method.cache.logits, cache)
+    torch.testing.assert_close(trial.teacher.cache.logits, cache)
     batch = next(trial.data.train.batches(300, shuffle=False, augment=False))  # cache = clean-view logits
     with torch.no_grad():
         torch.testing.assert_close(cache[batch.index], trial.teacher.model(batch.x), rtol=1e-4, atol=1e-4)
@@ -101,12 +101,12 @@ def test_augmented_cache_view_is_seeded(student_cfg: dict) -> None:
     caches = []
     for _ in range(2):
         trial = build_trial(budget_cfg(student_cfg, "kd", teacher_cache_view="augmented"))
-        trial.method.on_epoch_start(0)
-        caches.append(trial.method.cache.logits)
+        trial.teacher.on_epoch_start(0)
+        caches.append(trial.teacher.cache.logits)
     torch.testing.assert_close(caches[0], caches[1])
     clean = build_trial(budget_cfg(student_cfg, "kd"))
-    clean.method.on_epoch_start(0)
-    assert not torch.allclose(clean.method.cache.logits, caches[0])
+    clean.teacher.on_epoch_start(0)
+    assert not torch.allclose(clean.teacher.cache.logits, caches[0])
 
 
 class StopAfter(RunDirReporter):

@@ -16,7 +16,7 @@ from trainables.loop import build_trial, train
 from trainables.methods import MethodContext, get_method
 from trainables.methods.softmax_regression import mse
 from trainables.models.base import ZooModel
-from trainables.teacher import FrozenTeacher, load_teacher_model
+from trainables.teacher import FrozenTeacher, TeacherSource, load_teacher_model
 
 
 def n_params(module: nn.Module) -> int:
@@ -86,7 +86,7 @@ class PooledMap(ZooModel):
 def _method(name, student, teacher_model, cfg, tmp_path):
     ctx = MethodContext(num_classes=10, input_shape=(3, 32, 32), device=torch.device("cpu"), workdir=tmp_path,
                         epochs=1)
-    return get_method(name)(student, FrozenTeacher(teacher_model), resolve_config(cfg), ctx)
+    return get_method(name)(student, TeacherSource(FrozenTeacher(teacher_model)), resolve_config(cfg), ctx)
 
 
 @pytest.fixture(scope="module")

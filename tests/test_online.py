@@ -13,7 +13,7 @@ from trainables.config import resolve_config
 from trainables.errors import ConfigError
 from trainables.loop import build_trial, restore, train
 from trainables.reporting import RunDirReporter
-from trainables.trajectory import TrajectoryPoint, list_trajectory, schedule_index, select_checkpoints
+from trainables.teacher.trajectory import TrajectoryPoint, list_trajectory, schedule_index, select_checkpoints
 
 SC_KEYS = ("sc/labels", "sc/random_labels", "sc/offline_teacher", "sc/online_teacher")
 
@@ -104,7 +104,7 @@ def test_resumed_online_trial_reloads_the_scheduled_checkpoint(student_cfg: dict
     # A fresh process' view: the trial is rebuilt (teacher = final.pt) and restored after epoch 1.
     trial = build_trial(cfg)
     assert restore(trial, interrupted.checkpoint_dir) == 1
-    trial.method.on_epoch_start(1)
+    trial.teacher.on_epoch_start(1)  # the teacher source follows the schedule
     want = file_params(traj / "epoch_0003.pt")
     got = teacher_params(trial.teacher.model)
     assert all(torch.equal(got[k], want[k]) for k in want)

@@ -33,8 +33,8 @@ from trainables.device import (
 )
 from trainables.errors import ConfigError
 from trainables.loop import build_trial, evaluate, train, train_one_epoch
-from trainables.teacher import FrozenTeacher
-from trainables.teacher_store import compute_teacher_store, load_or_compute
+from trainables.teacher import FrozenTeacher, TeacherSource
+from trainables.teacher.store import compute_teacher_store, load_or_compute
 
 torch.set_num_threads(1)
 
@@ -249,7 +249,7 @@ def test_memory_cap_derives_from_the_gpu_share():
 # -- teacher cache ------------------------------------------------------------------------------------------
 def test_teacher_store_matches_the_teacher_and_counts_each_image_once(tmp_path):
     trial = build_trial(_tiny_cfg(tmp_path))
-    teacher = FrozenTeacher(trial.teacher.model)
+    teacher = TeacherSource(FrozenTeacher(trial.teacher.model))
     cache = compute_teacher_store(teacher, trial.data.train, batch_size=64)
     assert teacher.calls == len(trial.data.train) == 64 and cache.num_cached == 64
     batch = next(iter(trial.data.train.batches(16, shuffle=True, augment=False,
@@ -258,10 +258,10 @@ def test_teacher_store_matches_the_teacher_and_counts_each_image_once(tmp_path):
     assert torch.allclose(cache.lookup(batch.index).logits, direct, atol=1e-5)
     teacher.store = cache
     calls = teacher.calls
-    assert torch.equal(teacher.for_batch(batch).logits, cache.lookup(batch.index).logits)
+    assert torch.equal(teacher.outputs(batch).logits, cache.lookup(batch.index).logits)
     assert teacher.calls == calls  # served from the cache
     augmented = next(iter(trial.data.train.batches(16, shuffle=True, augment=True)))
-    teacher.for_batch(augmented)
+    teacher.outputs(augmented)
     assert teacher.calls == calls + 16  # an augmented batch is never served from the cache
     # CKD-style: one seeded augmentation per image, a subset of the images
     subset = torch.tensor([1, 5, 9])
@@ -293,7 +293,7 @@ def test_teacher_store_in_the_loop_is_shared_through_a_folder(tmp_path):
 
 def test_load_or_compute_without_a_folder_keeps_the_cache_in_memory(tmp_path):
     trial = build_trial(_tiny_cfg(tmp_path))
-    teacher = FrozenTeacher(trial.teacher.model)
+    teacher = TeacherSource(FrozenTeacher(trial.teacher.model))
     cache = load_or_compute(teacher, trial.data.train, "k", None, batch_size=32)
     assert cache.key == "k" and teacher.calls == 64
     assert {p.name for p in tmp_path.iterdir()} == {"resnet8.pt"}  # nothing written

@@ -12,6 +12,7 @@ from typing import Any
 from .data import DATA_KEYS, list_datasets
 from .device import validate_device_keys
 from .errors import ConfigError, did_you_mean, unknown_choice
+from .teacher.stream import STREAM_DEFAULTS, validate_stream_keys
 
 LOOP_DEFAULTS: dict[str, Any] = {
     "method": "ce",
@@ -40,6 +41,7 @@ LOOP_DEFAULTS: dict[str, Any] = {
     "gpu_memory_fraction": None,
     "teacher_store": False,
     "teacher_store_dir": None,
+    **STREAM_DEFAULTS,
     "bound_metrics": True,
 }
 """Keys of the shared loop (see README "Config keys"); data keys live in ``trainables.data.DATA_KEYS``."""
@@ -120,6 +122,7 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got '{out[key]}'")
     validate_device_keys(out)
     _validate_teacher_store(out, method)
+    validate_stream_keys(out)
     method.validate_config(out)
     return out
 

@@ -2,8 +2,9 @@
 
 ``train(config, reporter, resume_from)`` is a plain function: Ray Tune trainables call it with a
 ``tune.report`` reporter, tests and debugging call it directly. Per epoch it trains, evaluates on the
-validation split through the method's prediction path, and reports the metrics named in the README
-together with a checkpoint from which ``resume_from`` continues exactly.
+validation split through the method's prediction path, runs the diagnostics, and reports the metrics
+named in the README together with a checkpoint from which ``resume_from`` continues exactly. The teacher
+a method reads is the trial's teacher source (``trainables.teacher``), built here from the config.
 """
 
 from __future__ import annotations
@@ -18,18 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from . import checkpoint as ckpt
 from . import models
 from .config import resolve_config
-from .data import DATA_KEYS, DataBundle, Split, build_data
+from .data import DataBundle, Split, build_data
 from .device import autocast_dtype, cap_gpu_memory, configure_backends, resolve_device, use_channels_last
+from .diagnostics.epoch import EpochDiagnostics
 from .errors import NonFiniteLossError
 from .methods import Method, MethodContext, get_method
 from .reporting import Reporter
-from .teacher import FrozenTeacher, load_teacher_model
-from .teacher_store import load_or_compute, store_key, teacher_file_id
+from .teacher import FrozenTeacher, TeacherSource, build_source, load_teacher_model
 
 
 @dataclass
@@ -39,12 +39,13 @@ class Trial:
     cfg: dict[str, Any]
     data: DataBundle
     method: Method
-    teacher: FrozenTeacher | None
+    teacher: TeacherSource | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
     amp_dtype: torch.dtype | None
     step_fn: Any
+    diagnostics: EpochDiagnostics
 
 
 def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
@@ -100,10 +101,8 @@ def build_trial(config: Mapping[str, Any], workdir: Path | None = None) -> Trial
     teacher = None
     if method_cls.needs_teacher:
         teacher_model = load_teacher_model(cfg["teacher"], cfg["teacher_checkpoint"], data.num_classes)
-        teacher = FrozenTeacher(teacher_model, budget=cfg.get("teacher_budget"), autocast_dtype=amp_dtype)
-        teacher.to(device, memory_format)
-        if cfg["teacher_store"]:
-            teacher.store = _train_teacher_store(cfg, teacher, data, amp_dtype)
+        network = FrozenTeacher(teacher_model, autocast_dtype=amp_dtype).to(device, memory_format)
+        teacher = build_source(cfg, method_cls.teacher_plan(cfg), network, data.train)
     student = models.create(cfg[method_cls.model_key], num_classes=data.num_classes).to(device)
     ctx = MethodContext(
         num_classes=data.num_classes,
@@ -132,24 +131,8 @@ def build_trial(config: Mapping[str, Any], workdir: Path | None = None) -> Trial
     step_fn = method.training_step
     if cfg.get("compile"):
         step_fn = torch.compile(method.training_step)
-    return Trial(cfg, data, method, teacher, optimizer, scheduler, device, amp_dtype, step_fn)
-
-
-def _train_teacher_store(
-    cfg: Mapping[str, Any], teacher: FrozenTeacher, data: DataBundle, amp_dtype: torch.dtype | None
-) -> Any:
-    """Teacher logits for the (un-augmented) training split, shared through ``teacher_store_dir`` if set."""
-    key = store_key(
-        teacher=cfg["teacher"],
-        teacher_file=teacher_file_id(cfg["teacher_checkpoint"]),
-        data={k: cfg[k] for k in DATA_KEYS if k != "num_workers"},
-        split="train",
-        amp=str(amp_dtype),
-        keep="logits",
-    )
-    return load_or_compute(
-        teacher, data.train, key, cfg["teacher_store_dir"], batch_size=int(cfg["eval_batch_size"])
-    )
+    diagnostics = EpochDiagnostics(cfg, method, data, data.num_classes, amp_dtype)
+    return Trial(cfg, data, method, teacher, optimizer, scheduler, device, amp_dtype, step_fn, diagnostics)
 
 
 def _trial_state(trial: Trial, epochs_done: int) -> dict[str, Any]:
@@ -171,9 +154,10 @@ def restore(trial: Trial, resume_from: str | Path) -> int:
     trial.method.load_state_dict(state["method"])
     trial.optimizer.load_state_dict(state["optimizer"])
     trial.scheduler.load_state_dict(state["scheduler"])
+    extra = state.get("extra") or {}
     if trial.teacher is not None and state.get("teacher"):
-        trial.teacher.load_state(state["teacher"])
-    trial.method.load_extra_state(state.get("extra") or {})
+        trial.teacher.load_state(state["teacher"], legacy_cache=extra.get("teacher_cache"))
+    trial.method.load_extra_state(extra)
     ckpt.set_rng_state(state["rng"])
     return int(state["epoch"])
 
@@ -216,6 +200,8 @@ def train_one_epoch(trial: Trial, epoch: int, max_steps: int | None = None) -> d
     """
     method, cfg, device = trial.method, trial.cfg, trial.device
     method.train()
+    if trial.teacher is not None:
+        trial.teacher.on_epoch_start(epoch)
     method.on_epoch_start(epoch)
     generator = ckpt.epoch_generator(int(cfg["seed"]), epoch)
     sums: dict[str, torch.Tensor] = {}
@@ -241,6 +227,8 @@ def train_one_epoch(trial: Trial, epoch: int, max_steps: int | None = None) -> d
         total_sum += loss.detach().float() * n
         correct += (result.logits.detach().argmax(1) == batch.y).sum()
         seen += n
+    if trial.teacher is not None:
+        trial.teacher.on_train_epoch_end(epoch)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
@@ -282,8 +270,11 @@ def train(
         if last or (test_every and (epoch + 1) % test_every == 0):
             test = evaluate(trial.method, trial.data.test, int(cfg["eval_batch_size"]), trial.device, trial.amp_dtype)
             metrics["test/top1"], metrics["test/top5"] = test["top1"], test["top5"]
-        metrics.update(trial.method.epoch_metrics(trial.data, epoch))
+        if trial.teacher is not None:
+            metrics.update(trial.teacher.epoch_metrics(epoch))
+        metrics.update(trial.diagnostics.run(epoch))
         metrics["teacher_calls"] = trial.teacher.calls if trial.teacher is not None else 0
+        metrics["teacher_calls_computed"] = trial.teacher.computed if trial.teacher is not None else 0
         trial.method.on_epoch_end(epoch, metrics)
         if last:
             trial.method.on_train_end(metrics)
@@ -302,7 +293,3 @@ def _report(trial: Trial, reporter: Reporter | None, metrics: dict[str, Any], ep
     with tempfile.TemporaryDirectory(prefix="kd-ckpt-") as tmp:
         ckpt.save_state(Path(tmp), _trial_state(trial, epochs_done))
         reporter(metrics, Path(tmp))
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -16,7 +16,8 @@ right-hand side are NaN, and a warning says why, once per trial. All values are 
 ``val/top1``; ``fidelity/top1`` is the top-1 agreement of ``f_s`` with the teacher.
 
 The pass reads the teacher trunk directly (``teacher.model``): diagnostic images do not count toward
-``teacher_calls`` or a ``teacher_budget``, which measure supervision in training.
+``teacher_calls`` or a ``teacher_budget``, which measure supervision in training. The loop runs it
+(``trainables.diagnostics.epoch``); the method supplies its views through ``Method.bound_views``.
 """
 
 from __future__ import annotations
@@ -67,27 +68,6 @@ def bound_terms(
     delta2 = rate(via_teacher_head != teacher_pred)
     out.update({"bound/delta1": delta1, "bound/delta2": delta2, "bound/rhs": teacher_err + delta1 + delta2})
     return out
-
-
-def default_bound_views(method: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, str]:
-    """(prediction logits, teacher head on the student's last features or None, reason when None).
-
-    Used for methods without a connector on the last map (kd, dkd, fitnet, ...): the teacher's head reads
-    the student's map directly, which is only defined when the widths agree.
-    """
-    from ..methods.base import Method
-
-    own_path = type(method).predict is Method.predict
-    feats = method.student.forward_features(x)
-    pred = method.student.forward_head(feats) if own_path else method.predict(x)
-    width, teacher_width = int(feats.shape[1]), int(method.teacher.feature_channels)
-    if width != teacher_width:
-        reason = (
-            f"method '{method.name}': the student's last feature map has {width} channels, the teacher's head reads "
-            f"{teacher_width}, and the method has no connector: bound/delta1, bound/delta2 and bound/rhs are NaN"
-        )
-        return pred, None, reason
-    return pred, method.teacher.head(feats), ""
 
 
 @torch.inference_mode()

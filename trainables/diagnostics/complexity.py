@@ -237,3 +237,63 @@ class ComplexityProbe:
         """``sc/labels``, ``sc/random_labels`` and ``sc/<name>`` for each teacher target, all ASC."""
         targets = {"labels": self.onehot, "random_labels": self.random_onehot, **teacher_targets}
         return complexity_metrics(student, self.x, targets, kind, ridge)
+
+
+MAX_SC_JACOBIAN_BYTES = 4 << 30
+"""Refuse SC settings whose Jacobian rows would need more than this (lower sc_n or use sc_kernel: sum)."""
+
+
+def check_sc_settings(cfg: Mapping[str, object], student: nn.Module, train_size: int, num_classes: int) -> None:
+    """With ``sc_every > 0``: ``sc_n`` fits the training split and its Jacobian rows fit in memory.
+
+    Raises ``ConfigError`` when the trial is built, before any epoch.
+    """
+    from ..errors import ConfigError
+
+    if int(cfg.get("sc_every") or 0) <= 0:
+        return
+    if int(cfg["sc_n"]) > train_size:
+        raise ConfigError(f"sc_n must be <= {train_size} (the training split's size), got {cfg['sc_n']}")
+    params = sum(p.numel() for p in student.parameters())
+    need = gram_memory_bytes(params, int(cfg["sc_n"]), num_classes, str(cfg["sc_kernel"]))
+    if need > MAX_SC_JACOBIAN_BYTES:
+        raise ConfigError(
+            f"sc_n {cfg['sc_n']} with sc_kernel '{cfg['sc_kernel']}' needs ~{need / 2**30:.1f} GiB "
+            f"of Jacobian rows for this student (limit {MAX_SC_JACOBIAN_BYTES / 2**30:.0f} GiB); "
+            "lower sc_n or use sc_kernel per_logit/sum"
+        )
+
+
+class ComplexityLog:
+    """``sc/*`` every ``sc_every`` epochs: ASC of labels, shuffled labels, the final (offline) teacher's and
+    the teacher in use's (online) softened targets, on a fixed probe of ``sc_n`` training points.
+
+    The final teacher's targets are computed once; teacher passes here are diagnostics, not teacher calls.
+    """
+
+    def __init__(self, cfg: Mapping[str, object], num_classes: int) -> None:
+        self.every = int(cfg.get("sc_every") or 0)
+        self.n = int(cfg.get("sc_n") or 0)
+        self.kernel = str(cfg.get("sc_kernel", "per_logit"))
+        self.ridge = float(cfg.get("sc_ridge", DEFAULT_RIDGE))
+        self.temperature = float(cfg.get("temperature", 1.0))
+        self.seed = int(cfg.get("split_seed") or 0)
+        self.num_classes = num_classes
+        self._probe: ComplexityProbe | None = None
+        self._offline_targets: Tensor | None = None
+
+    def due(self, epoch: int) -> bool:
+        return self.every > 0 and (epoch + 1) % self.every == 0
+
+    def __call__(self, student: nn.Module, teacher: object, train_split: object) -> dict[str, float]:
+        """The metrics for ``student`` against ``teacher`` (a teacher source: ``model``, ``final_model``)."""
+        if self._probe is None:
+            self._probe = ComplexityProbe(train_split, self.n, self.num_classes, self.seed)
+        probe = self._probe
+        if self._offline_targets is None:
+            self._offline_targets = probe.soft_targets(teacher.final_model(self.num_classes), self.temperature)
+        targets = {
+            "offline_teacher": self._offline_targets,
+            "online_teacher": probe.soft_targets(teacher.model, self.temperature),
+        }
+        return probe.metrics(student, targets, self.kernel, self.ridge)

@@ -1,9 +1,10 @@
 """The method contract every distillation method implements, and the registry that finds them.
 
-A method (after mdistiller's ``Distiller``) is an ``nn.Module`` built from the student, the frozen
-teacher and the trial config. Its registered submodules are exactly what trains and what a checkpoint
+A method (after mdistiller's ``Distiller``) is an ``nn.Module`` built from the student, the teacher
+source and the trial config. Its registered submodules are exactly what trains and what a checkpoint
 holds: the student plus any extra modules it declares (a connector, a regressor). The teacher is held
-outside the module tree (see ``trainables.teacher.FrozenTeacher``).
+outside the module tree (see ``trainables.teacher.TeacherSource``): a method asks it for the outputs of a
+batch (``self.teacher.outputs(batch)``) and says how it reads the teacher in ``teacher_plan``.
 
 Registering::
 
@@ -30,7 +31,7 @@ from torch import nn
 
 from ..data import Batch
 from ..errors import ConfigError, unknown_choice
-from ..teacher import FrozenTeacher
+from ..teacher import TeacherPlan, TeacherSource
 
 
 @dataclass
@@ -63,11 +64,11 @@ class Method(nn.Module):
     """Which config key names the architecture that trains (the ``teacher`` method trains ``teacher``)."""
     summary: ClassVar[str] = ""
     uses_teacher_store: ClassVar[bool] = False
-    """True when the method reads the teacher only through ``teacher.for_batch(batch)`` (logits or the last
-    feature map), so ``teacher_store: true`` can serve it from per-example stored outputs."""
+    """True when the method reads the teacher only through ``teacher.outputs(batch)`` for logits (or the
+    last feature map), so ``teacher_store: true`` can serve it from per-example stored outputs."""
 
     def __init__(
-        self, student: nn.Module, teacher: FrozenTeacher | None, cfg: Mapping[str, Any], ctx: MethodContext
+        self, student: nn.Module, teacher: TeacherSource | None, cfg: Mapping[str, Any], ctx: MethodContext
     ) -> None:
         super().__init__()
         self.student = student
@@ -101,29 +102,31 @@ class Method(nn.Module):
     def on_train_end(self, metrics: dict[str, float]) -> None:
         """Called once after the last epoch (e.g. to export a deployable module)."""
 
-    def epoch_metrics(self, data: Any, epoch: int) -> dict[str, float]:
-        """Extra per-epoch metrics (diagnostics) merged into the report.
-
-        With a teacher (and ``bound_metrics: true``), the IJCKD error-bound terms on the validation split
-        (``trainables.diagnostics.bounds``). A method that adds its own metrics should merge ``super()``'s.
-        """
-        if self.teacher is None or not self.cfg.get("bound_metrics", True):
-            return {}
-        from ..device import autocast_dtype
-        from ..diagnostics.bounds import bound_metrics
-
-        amp = autocast_dtype(self.cfg, self.ctx.device)
-        return bound_metrics(self, data.val, int(self.cfg.get("eval_batch_size", 256)), amp)
-
     def bound_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, str]:
         """For the bound diagnostics: (prediction logits, teacher head on the student's features or None,
-        why None). The default reads the student's last map directly; methods with a connector override."""
-        from ..diagnostics.bounds import default_bound_views
+        why None). This default is for methods without a connector on the last map (kd, dkd, fitnet, ...):
+        the teacher's head reads the student's map directly, defined only where the widths agree."""
+        own_path = type(self).predict is Method.predict
+        feats = self.student.forward_features(x)
+        pred = self.student.forward_head(feats) if own_path else self.predict(x)
+        width, teacher_width = int(feats.shape[1]), int(self.teacher.feature_channels)
+        if width != teacher_width:
+            reason = (
+                f"method '{self.name}': the student's last feature map has {width} channels, the teacher's head "
+                f"reads {teacher_width}, and the method has no connector: bound/delta1, bound/delta2 and bound/rhs "
+                "are NaN"
+            )
+            return pred, None, reason
+        return pred, self.teacher.head(feats), ""
 
-        return default_bound_views(self, x)
+    @classmethod
+    def teacher_plan(cls, cfg: Mapping[str, Any]) -> TeacherPlan:
+        """How this method reads the teacher (the loop builds the trial's teacher source from it): by default
+        live outputs per batch, served from the shared store where ``teacher_store`` allows."""
+        return TeacherPlan()
 
     def extra_state(self) -> dict[str, Any]:
-        """Method state outside the module tree that a checkpoint must keep (e.g. a teacher-logit cache)."""
+        """Method state outside the module tree that a checkpoint must keep (the module tree is saved already)."""
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:

@@ -1,6 +1,6 @@
 """``ckd``: Comparative Knowledge Distillation (Wilf et al., arXiv 2311.02253), under a teacher-call budget.
 
-The teacher labels each of the n training images once (``trainables.teacher_cache``); the student then
+The teacher labels each of the n training images once (``trainables.teacher.budget``); the student then
 learns from *differences* between samples, which multiplies the training signal without new teacher
 calls. Each shuffled batch is cut into groups of k consecutive samples (``ckd_group_size``, 2 or 3),
 split into A (the first k - k//2) and B (the last k//2); for student logits, cached teacher logits and
@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from ..data import Batch
 from ..errors import ConfigError
 from ..losses import kd_loss
-from ..teacher_cache import cache_for, validate_budget
+from ..teacher import TeacherPlan
+from ..teacher.budget import validate_budget
 from .base import Method, StepResult, check_choice, check_positive, register_method
 
 CKD_FORMS = ("kl", "mse")
@@ -96,19 +97,19 @@ class CKD(Method):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.cache = cache_for(self.cfg)
         self.register_buffer("logit_offset", torch.zeros(self.ctx.num_classes))
 
-    def on_epoch_start(self, epoch: int) -> None:
-        """All teacher calls happen here, once, before the first training step of the trial."""
-        self.cache.ensure(self.teacher, self.ctx.extras["data"].train, int(self.cfg["eval_batch_size"]))
+    @classmethod
+    def teacher_plan(cls, cfg: Mapping[str, Any]) -> TeacherPlan:
+        """All teacher calls happen once per image, before the first training step of the trial."""
+        return TeacherPlan(label_once=True)
 
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
         logits = self.student(batch.x)
         k = int(self.cfg["ckd_group_size"])
         onehot = F.one_hot(batch.y, logits.shape[1]).float()
         d_s = comparative_differences(logits, k)
-        d_t = comparative_differences(self.cache.lookup(batch.index), k)
+        d_t = comparative_differences(self.teacher.outputs(batch).logits, k)
         d_y = comparative_differences(onehot, k)
         teacher_term, label_term = ckd_terms(d_s, d_t, d_y, self.cfg["temperature"], self.cfg["ckd_loss"])
         losses = {"ckd_teacher": float(self.cfg["ckd_beta"]) * teacher_term, "ckd_label": label_term}
@@ -120,7 +121,8 @@ class CKD(Method):
     @torch.no_grad()
     def on_train_epoch_end(self, epoch: int) -> None:
         """Re-anchor the free logit offset (``ckd_anchor: teacher_mean``) before the epoch is evaluated."""
-        if self.cfg["ckd_anchor"] != "teacher_mean" or not self.cache.ready:
+        cache = self.teacher.cache  # the teacher's logits of every training image
+        if self.cfg["ckd_anchor"] != "teacher_mean" or cache is None:
             return
         was_training = self.training
         self.eval()
@@ -132,11 +134,4 @@ class CKD(Method):
             total += self.student(batch.x).float().sum(0)
             count += int(batch.y.shape[0])
         self.train(was_training)
-        self.logit_offset.copy_(self.cache.logits.mean(0) - total / max(count, 1))
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"teacher_cache": self.cache.state()}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        if state.get("teacher_cache"):
-            self.cache.load_state(state["teacher_cache"], self.ctx.device)
+        self.logit_offset.copy_(cache.logits.mean(0) - total / max(count, 1))

@@ -32,7 +32,7 @@ class DKD(Method):
 
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
         logits = self.student(batch.x)
-        teacher_logits = self.teacher.for_batch(batch).logits
+        teacher_logits = self.teacher.outputs(batch).logits
         warmup = max(float(self.cfg["warmup_epochs"]), 1.0)
         ramp = min((epoch + 1) / warmup, 1.0)
         tckd, nckd = dkd_loss(

@@ -85,7 +85,7 @@ class FitNet(Method):
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
         stages = self.student.forward_stages(batch.x)
         logits = self.student.forward_head(stages[-1])
-        teacher_out = self.teacher(batch.x)
+        teacher_out = self.teacher.outputs(batch, want="stages")
         hint = feature_mse(self.regressor(stages[self.s_index]), teacher_out.stages[self.t_index])
         losses = {
             "ce": self.cfg["ce_weight"] * F.cross_entropy(logits, batch.y),

@@ -55,7 +55,8 @@ class IJCKD(SoftmaxRegressionMethod):
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
         mapped = self.to_teacher_space(self.student.forward_features(batch.x))
         logits = self.teacher.head(mapped)
-        teacher_out = self.teacher(batch.x)
+        want = "features" if "fm" in self.cfg["loss_combination"].split("+") else "logits"
+        teacher_out = self.teacher.outputs(batch, want=want)
         return StepResult(logits, self.loss_terms(logits, teacher_out.logits, batch.y, mapped, teacher_out.features))
 
     def loss_terms(

@@ -1,7 +1,7 @@
 """``kd``: Hinton et al. (2015) knowledge distillation on the teacher's softened outputs.
 
 Under a teacher-call budget (``teacher_budget`` set) the teacher labels each training image once before
-training and every step reads those cached logits (``trainables.teacher_cache``): the budgeted KD
+training and every step reads those cached logits (``trainables.teacher.budget``): the budgeted KD
 baseline Comparative KD is compared against. Without a budget the teacher runs on every batch as usual.
 """
 
@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from ..data import Batch
 from ..losses import kd_loss
-from ..teacher_cache import TeacherLogitCache, cache_for, validate_budget
+from ..teacher import TeacherPlan
+from ..teacher.budget import validate_budget
 from .base import Method, StepResult, check_positive, register_method
 
 
@@ -33,32 +34,16 @@ class KD(Method):
         check_positive(cfg, "temperature", allow_zero=False)
         validate_budget(cfg)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.cache: TeacherLogitCache | None = cache_for(self.cfg) if self.cfg.get("teacher_budget") else None
-
-    def on_epoch_start(self, epoch: int) -> None:
-        if self.cache is not None:  # budgeted: every teacher call happens here, once, before training
-            self.cache.ensure(self.teacher, self.ctx.extras["data"].train, int(self.cfg["eval_batch_size"]))
+    @classmethod
+    def teacher_plan(cls, cfg: Mapping[str, Any]) -> TeacherPlan:
+        """Budgeted: every teacher call happens once per image, before training."""
+        return TeacherPlan(label_once=cfg.get("teacher_budget") is not None)
 
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
         logits = self.student(batch.x)
-        teacher_logits = self.teacher_logits(batch)
+        teacher_logits = self.teacher.outputs(batch).logits
         losses = {
             "ce": self.cfg["ce_weight"] * F.cross_entropy(logits, batch.y),
             "kd": self.cfg["kd_weight"] * kd_loss(logits, teacher_logits, self.cfg["temperature"]),
         }
         return StepResult(logits, losses)
-
-    def teacher_logits(self, batch: Batch):
-        """Teacher logits for this batch: from the cache under a budget, else the teacher (or its store)."""
-        if self.cache is not None:
-            return self.cache.lookup(batch.index)
-        return self.teacher.for_batch(batch).logits
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"teacher_cache": self.cache.state()} if self.cache is not None else {}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        if self.cache is not None and state.get("teacher_cache"):
-            self.cache.load_state(state["teacher_cache"], self.ctx.device)

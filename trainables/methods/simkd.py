@@ -31,7 +31,7 @@ class SimKD(SoftmaxRegressionMethod):
 
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
         mapped = self.to_teacher_space(self.student.forward_features(batch.x))
-        teacher_out = self.teacher(batch.x)
+        teacher_out = self.teacher.outputs(batch, want="features")
         with torch.no_grad():  # logits only feed train/top1; the loss never sees them
             logits = self.teacher.head(mapped)
         return StepResult(logits, {"fm": self.feature_loss(mapped, teacher_out.features)})

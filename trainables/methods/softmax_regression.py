@@ -30,7 +30,7 @@ from torch import nn
 
 from ..connectors import CONNECTOR_DEPTHS, FM_MODES, Connector, align_target, build_connector
 from ..errors import ConfigError
-from ..teacher import FrozenTeacher
+from ..teacher import TeacherSource
 from .base import Method, MethodContext, check_choice, check_positive
 
 MSE_REDUCTIONS = ("mean", "batchmean")
@@ -127,7 +127,7 @@ class SoftmaxRegressionMethod(Method):
     """False (teacher_head): no feature target, so the student's map is never pooled before the connector."""
 
     def __init__(
-        self, student: nn.Module, teacher: FrozenTeacher | None, cfg: Mapping[str, Any], ctx: MethodContext
+        self, student: nn.Module, teacher: TeacherSource | None, cfg: Mapping[str, Any], ctx: MethodContext
     ) -> None:
         super().__init__(student, teacher, cfg, ctx)
         if teacher is None:

@@ -33,7 +33,7 @@ class SRRL(SoftmaxRegressionMethod):
         feats = self.student.forward_features(batch.x)
         logits = self.student.forward_head(feats)
         mapped = self.to_teacher_space(feats)
-        teacher_out = self.teacher(batch.x)
+        teacher_out = self.teacher.outputs(batch, want="features")
         sr_logits = self.teacher.head(mapped)
         losses = {
             "ce": self.cfg["alpha_ce"] * F.cross_entropy(logits, batch.y),

@@ -4,19 +4,15 @@ Valid wherever the teacher would see the same input each time it meets an exampl
 
 * a split read without augmentation (``augment: false``): every epoch repeats the same images, so a
   teacher forward per batch is wasted work; ``teacher_store: true`` serves them from here;
-* one fixed, seeded augmentation per example (``augment=True`` below): the few-teacher-calls setting of
-  Comparative KD, where the teacher runs once on each of n training images and training uses only the
-  cache.
+* one fixed view per example (clean, or one seeded augmentation): the few-teacher-calls setting of
+  Comparative KD, where the teacher runs once on each of n training images and training reads only
+  these outputs (the budget cache of ``trainables.teacher.source``).
 
-Computing a cache costs one teacher call per example (counted by ``FrozenTeacher``, so budgets hold).
-With a ``directory`` the cache is written once to ``<directory>/<key>.pt`` and every trial of a study
-that needs the same outputs (same teacher file, data, split, precision, augmentation seed) loads it
-instead of recomputing; a file lock makes concurrent trials wait for the first one rather than race.
-A trial that loads a shared cache is charged the same calls it would have made computing it.
-
-``trainables.teacher_cache`` is the budget cache of Comparative KD (kept in the trial checkpoint);
-this module is the general one: logits and optionally the last feature map, any subset of indices,
-clean or one seeded augmentation, and a file shared by the trials of a study.
+Computing a store costs one counted teacher call per example, so budgets hold. With a ``directory`` it
+is written once to ``<directory>/<key>.pt`` and every trial of a study that needs the same outputs
+(same teacher file, data, split, precision, augmentation seed) loads it instead of recomputing; a file
+lock makes concurrent trials wait for the first one rather than race. A trial that loads a shared store
+is charged the same calls it would have made computing it.
 """
 
 from __future__ import annotations
@@ -28,15 +24,23 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from .data import Split
-from .teacher import FrozenTeacher, TeacherOutput
+from ..data import Split
+from .network import TeacherOutput
 
 KEEP_CHOICES = ("logits", "features")
 CACHE_VERSION = 1
+
+
+class CountingTeacher(Protocol):
+    """What computing a store needs: a counted forward pass and the counter itself (a ``TeacherSource``)."""
+
+    def __call__(self, x: torch.Tensor) -> TeacherOutput: ...
+
+    def count(self, n: int) -> None: ...
 
 
 @dataclass
@@ -99,20 +103,22 @@ class TeacherStore:
 
 
 def compute_teacher_store(
-    teacher: FrozenTeacher,
+    teacher: CountingTeacher,
     split: Split,
     *,
     batch_size: int = 256,
     keep: str = "logits",
     augment: bool = False,
-    seed: int = 0,
+    seed: int | None = 0,
     indices: torch.Tensor | None = None,
     features_dtype: torch.dtype = torch.float32,
 ) -> TeacherStore:
     """Run the teacher once over ``split`` (or only the examples in ``indices``) and keep its outputs.
 
     ``augment=True`` draws one augmentation per example from ``seed`` (the split's own augmentation, so
-    the same law as training). Every computed example is one counted teacher call. ``features_dtype``
+    the same law as training). ``seed=None`` passes no generator to the split (a loader-backed split then
+    seeds its workers from the global RNG, as a plain evaluation pass does). Every computed example is one
+    counted teacher call. ``features_dtype``
     lets a large feature cache be kept in bf16 (CIFAR-100 train, resnet32x4: 3.3 GB in fp32).
     """
     if keep not in KEEP_CHOICES:
@@ -126,7 +132,7 @@ def compute_teacher_store(
         wanted[indices.cpu().long()] = True
     logits = features = None
     valid = torch.zeros(n, dtype=torch.bool, device=device)
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
     for batch in split.batches(batch_size, shuffle=False, augment=augment, generator=generator,
                                drop_last_single=False):
         take = wanted[batch.index.cpu()]
@@ -181,7 +187,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def load_or_compute(
-    teacher: FrozenTeacher,
+    teacher: CountingTeacher,
     split: Split,
     key: str,
     directory: str | Path | None = None,

@@ -4,17 +4,21 @@ The ``teacher`` method writes ``<dir>/epoch_XXXX.pt`` every ``trajectory_every``
 ``final.pt``. Online distillation (Harutyunyan et al., ICLR 2023) replays those checkpoints so the
 student's targets grow more complex as it learns: student epoch e is supervised by the kept
 checkpoint m(e) of the same stage of training, from the earliest kept checkpoint to the final teacher.
+The teacher source follows a ``TrajectorySchedule``: it loads m(e) into the frozen network at the start
+of epoch e (a pure function of the epoch, so a resumed trial loads the same weights).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
 FINAL_FILE = "final.pt"
@@ -94,3 +98,48 @@ def schedule_index(epoch: int, epochs: int, switch_every: int, num_points: int) 
         return num_points - 1
     block = min(int(epoch) // int(switch_every), blocks - 1)
     return (2 * block * (num_points - 1) + (blocks - 1)) // (2 * (blocks - 1))
+
+
+def trajectory_folder(cfg: Mapping[str, Any]) -> Path:
+    """``teacher_trajectory``, or the folder holding ``teacher_checkpoint`` when it is not set."""
+    if cfg.get("teacher_trajectory"):
+        return Path(cfg["teacher_trajectory"])
+    return Path(cfg["teacher_checkpoint"]).parent
+
+
+def kept_checkpoints(cfg: Mapping[str, Any]) -> list[TrajectoryPoint]:
+    """The checkpoints an ``online`` run uses, earliest first; the last is ``teacher_checkpoint``."""
+    points = list_trajectory(trajectory_folder(cfg), cfg["teacher_checkpoint"])
+    return select_checkpoints(points, cfg.get("num_checkpoints"))
+
+
+@dataclass(frozen=True)
+class TrajectorySchedule:
+    """Which kept checkpoint supervises each student epoch: m(e) over ``points`` (earliest to final)."""
+
+    points: tuple[TrajectoryPoint, ...]
+    epochs: int
+    switch_every: int
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> TrajectorySchedule:
+        """The schedule of an ``online`` trial (``teacher_trajectory``, ``num_checkpoints``, ``switch_every``)."""
+        return cls(tuple(kept_checkpoints(cfg)), int(cfg["epochs"]), int(cfg["switch_every"]))
+
+    def index(self, epoch: int) -> int:
+        return schedule_index(epoch, self.epochs, self.switch_every, len(self.points))
+
+    def point(self, epoch: int) -> TrajectoryPoint:
+        return self.points[self.index(epoch)]
+
+    @property
+    def final(self) -> TrajectoryPoint:
+        return self.points[-1]
+
+    def metrics(self, epoch: int) -> dict[str, int]:
+        """``online/teacher_index`` (m) and ``online/teacher_epoch`` (its teacher epoch, -1 if unknown)."""
+        point = self.point(epoch)
+        return {
+            "online/teacher_index": self.index(epoch),
+            "online/teacher_epoch": point.epoch if point.epoch is not None else -1,
+        }

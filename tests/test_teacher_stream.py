@@ -1,0 +1,185 @@
+"""The teacher stream: trials that read it train bit-identically; files are atomic and reused; a busy
+writer is waited for and then worked around.
+
+Real torch on the embedded digits (augmentation on, as in every paper recipe) with a small seeded teacher
+file: exactness and accounting do not depend on what the teacher learned.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainables import models
+from trainables.checkpoint import load_state
+from trainables.loop import train
+from trainables.reporting import RunDirReporter
+from trainables.teacher import stream as stream_module
+
+torch.set_num_threads(1)
+
+
+class StopAfter(RunDirReporter):
+    def __init__(self, run_dir: Path, k: int) -> None:
+        super().__init__(run_dir)
+        self.k = k
+
+    def __call__(self, metrics: dict, checkpoint_dir: Path | None) -> None:
+        super().__call__(metrics, checkpoint_dir)
+        if metrics["epoch"] == self.k:
+            raise KeyboardInterrupt("simulated kill")
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> dict:
+    torch.manual_seed(0)
+    teacher_file = tmp_path / "teacher.pt"
+    torch.save({"model": models.create("resnet8", num_classes=10).state_dict()}, teacher_file)
+    return {"method": "kd", "dataset": "digits", "teacher": "resnet8", "teacher_checkpoint": str(teacher_file),
+            "student": "resnet8", "epochs": 2, "batch_size": 32, "train_subset": 96, "seed": 3,
+            "bound_metrics": False, "teacher_stream_dir": str(tmp_path / "stream")}
+
+
+def _run(cfg: dict, run_dir: Path, **kwargs) -> tuple[list[dict], dict]:
+    reporter = RunDirReporter(run_dir)
+    train(cfg, reporter=reporter, workdir=run_dir, **kwargs)
+    return reporter.history, load_state(reporter.checkpoint_dir)["method"]
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_trial_reading_the_stream_trains_bit_identically(cfg: dict, tmp_path: Path) -> None:
+    live, live_weights = _run({**cfg, "teacher_stream": False}, tmp_path / "live")
+    first, first_weights = _run(cfg, tmp_path / "first")  # computes the stream
+    second, second_weights = _run(cfg, tmp_path / "second")  # reads it
+    assert [m["teacher_calls"] for m in live] == [m["teacher_calls"] for m in second] == [96, 192]
+    assert [m["teacher_calls_computed"] for m in first] == [96, 192]
+    assert [m["teacher_calls_computed"] for m in second] == [0, 0]
+    assert _same_weights(live_weights, first_weights) and _same_weights(live_weights, second_weights)
+    assert [m["train/loss"] for m in live] == [m["train/loss"] for m in second]
+    root = Path(cfg["teacher_stream_dir"])
+    chunks = sorted(p.relative_to(root).parts[1:] for p in root.rglob("*.pt"))
+    assert chunks == [("epoch_0000", "chunk_00000.pt"), ("epoch_0001", "chunk_00000.pt")]
+    other_seed, _ = _run({**cfg, "seed": 4}, tmp_path / "other")  # other batches: a key of its own
+    assert other_seed[-1]["teacher_calls_computed"] == 192
+
+
+def test_bfloat16_stream_is_exact_between_writer_and_reader(cfg: dict, tmp_path: Path) -> None:
+    cfg = {**cfg, "teacher_stream_dtype": "bfloat16", "epochs": 1}
+    _, writer = _run(cfg, tmp_path / "writer")
+    history, reader = _run(cfg, tmp_path / "reader")
+    assert history[-1]["teacher_calls_computed"] == 0 and _same_weights(writer, reader)
+
+
+def test_kill_resume_reuses_written_epochs_and_never_reads_a_half_written_file(cfg: dict, tmp_path: Path) -> None:
+    straight, straight_weights = _run({**cfg, "teacher_stream": False}, tmp_path / "straight")
+    broken = StopAfter(tmp_path / "broken", k=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, reporter=broken, workdir=tmp_path / "broken")
+    epoch1 = next(Path(cfg["teacher_stream_dir"]).glob("*/epoch_0000"))
+    half = epoch1.parent / "epoch_0001"
+    half.mkdir()
+    (half / "chunk_00000.pt.999.tmp").write_bytes(b"half a chunk")  # a writer killed mid-write
+    resumed, resumed_weights = _run(cfg, tmp_path / "broken", resume_from=broken.checkpoint_dir)
+    assert [m["epoch"] for m in resumed] == [2] and resumed[-1]["teacher_calls_computed"] == 192
+    assert _same_weights(straight_weights, resumed_weights)
+    truncated = epoch1 / "chunk_00000.pt"
+    truncated.write_bytes(truncated.read_bytes()[:100])  # a chunk cut short (disk full): computed instead
+    again, again_weights = _run(cfg, tmp_path / "again")
+    assert [m["teacher_calls_computed"] for m in again] == [96, 96]
+    assert _same_weights(straight_weights, again_weights)
+    last, _ = _run(cfg, tmp_path / "last")  # the writer replaced the bad chunk
+    assert last[-1]["teacher_calls_computed"] == 0
+
+
+HOLD = """
+import fcntl, sys, time
+fh = open(sys.argv[1], "a")
+fcntl.flock(fh, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_busy_writer_is_waited_for_then_worked_around(cfg: dict, tmp_path: Path, monkeypatch) -> None:
+    cfg = {**cfg, "epochs": 1}
+    _, reference = _run(cfg, tmp_path / "reference")
+    epoch = next(Path(cfg["teacher_stream_dir"]).glob("*/epoch_0000"))
+    for chunk in epoch.glob("chunk_*.pt"):
+        chunk.unlink()
+    monkeypatch.setattr(stream_module, "WAIT_S", 1.0)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(epoch.with_suffix(".lock")), "120"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # another trial is "computing" this epoch
+        history, weights = _run(cfg, tmp_path / "follower")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert history[-1]["teacher_calls_computed"] == 96 and _same_weights(reference, weights)
+    assert not list(epoch.glob("chunk_*.pt"))  # a follower that gave up does not write another's epoch
+
+
+DIE_AFTER_FIRST_CHUNK_OF_EPOCH_2 = """
+import json, os, signal, sys
+import torch
+torch.set_num_threads(1)
+from trainables.loop import train
+from trainables.reporting import RunDirReporter
+from trainables.teacher import stream
+
+write = stream.TeacherStream._flush
+
+def write_then_die(self):
+    write(self)
+    if self.folder is not None and self.folder.name == "epoch_0001":
+        os.kill(os.getpid(), signal.SIGKILL)  # the writer dies mid-epoch, its lock still held
+
+stream.TeacherStream._flush = write_then_die
+train(json.loads(sys.argv[1]), reporter=RunDirReporter(sys.argv[2]), workdir=sys.argv[2])
+"""
+
+
+def test_writer_killed_mid_epoch_then_resumed_trains_like_an_uninterrupted_run(cfg: dict, tmp_path: Path) -> None:
+    cfg = {**cfg, "train_subset": 320, "epochs": 3}  # 10 batches an epoch: chunks of 8 and 2
+    _, straight = _run({**cfg, "teacher_stream": False}, tmp_path / "straight")
+    run_dir = tmp_path / "killed"
+    child = subprocess.run([sys.executable, "-c", DIE_AFTER_FIRST_CHUNK_OF_EPOCH_2, json.dumps(cfg), str(run_dir)],
+                           capture_output=True, text=True, timeout=600)
+    assert child.returncode == -9, child.stderr[-2000:]
+    epoch2 = next(Path(cfg["teacher_stream_dir"]).glob("*/epoch_0001"))
+    assert [p.name for p in epoch2.iterdir()] == ["chunk_00000.pt"]
+    checkpoint = RunDirReporter(run_dir).checkpoint_dir
+    assert load_state(checkpoint)["epoch"] == 1
+    history, resumed = _run(cfg, run_dir, resume_from=checkpoint)  # takes over the dead writer's epoch
+    assert [m["epoch"] for m in history] == [2, 3]
+    assert [m["teacher_calls_computed"] for m in history] == [320 + 64, 320 + 64 + 320]  # 8 batches were read
+    assert _same_weights(straight, resumed)
+
+
+def test_the_oldest_epochs_are_evicted_to_fit_the_size_limit(cfg: dict, tmp_path: Path) -> None:
+    import os
+    import time
+
+    root = Path(cfg["teacher_stream_dir"])
+    for age, name in enumerate(["old/epoch_0000", "old/epoch_0001", "new/epoch_0000"]):
+        (root / name).mkdir(parents=True)
+        (root / name / "chunk_00000.pt").write_bytes(b"x" * 1000)
+        stamp = time.time() - 100 + age
+        os.utime(root / name, (stamp, stamp))
+    limit_gb = 2500 / 2**30  # room for two of the three epochs
+    s = stream_module.TeacherStream({**cfg, "augment": True, "teacher_stream_max_gb": limit_gb},
+                                    torch.device("cpu"), None)
+    s.begin(0, cfg["teacher_checkpoint"])
+    s.logits(torch.arange(4), lambda: torch.zeros(4, 10))  # the first request makes it the epoch's writer
+    kept = sorted(str(p.relative_to(root)) for p in root.glob("*/epoch_*") if p.is_dir())
+    assert kept == sorted(["new/epoch_0000", "old/epoch_0001", f"{s.folder.parent.name}/epoch_0000"])
+    s.end()
+    assert stream_module.stream_size_bytes(root) == 2000 + (s.folder / "chunk_00000.pt").stat().st_size
