@@ -2,6 +2,6 @@
 
 import sys
 
-from .throughput import main
+from .cli import main
 
 sys.exit(main(sys.argv[1:]))

@@ -27,16 +27,13 @@ GPU (or of the cores), against one trial holding all of it, for both loops, star
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import math
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -598,41 +595,3 @@ def format_text(result: dict[str, Any]) -> str:
     for note in result.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)
-
-
-def _importable(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ImportError:
-        return False
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; print text (or one JSON object with ``--json``). Returns the exit status."""
-    args = build_parser().parse_args(argv)
-    loops = [name.strip() for name in args.loops.split(",") if name.strip()]
-    bad = [name for name in loops if name not in LOOPS]
-    if bad or not loops:
-        raise SystemExit(f"--loops takes a comma-separated subset of {', '.join(LOOPS)}; got '{args.loops}'")
-    settings, device, note = settings_from_args(args)
-    if args.pack and args.pack < 1:
-        raise SystemExit("--pack takes a number of trials >= 1")
-    if args.pack and args.pack_backend == "ray" and not _importable("ray"):
-        print("error: --pack-backend ray needs Ray, which is not installed here; --pack-backend processes "
-              "packs the trials without it", file=sys.stderr)
-        return 2
-    if args.pack:
-        from .packing import run_pack
-
-        result = run_pack(settings, args.pack, loops, backend=args.pack_backend)
-    else:
-        result = run_single(settings, loops, args.order)
-    result["settings"] = asdict(settings)
-    result["machine"] = machine_info(device)
-    result["notes"] = [note] if note else []
-    if args.json:
-        print(json.dumps(result, default=str))
-    else:
-        print(format_text(result))
-    sys.stdout.flush()
-    return 0

@@ -133,9 +133,9 @@ def cmd_teachers(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Hand over to the benchmark package (``python -m benchmarks``) with the remaining arguments."""
     try:
-        from benchmarks.throughput import main as bench_main
+        from benchmarks.cli import main as bench_main
     except ImportError:
-        return _fail("bench is not available in this checkout (benchmarks.throughput is missing)", EXIT_FAILED)
+        return _fail("bench is not available in this checkout (benchmarks.cli is missing)", EXIT_FAILED)
     return int(bench_main(args.rest) or 0)
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from scipy import stats
 from torchvision import transforms
 
-from benchmarks import throughput
+from benchmarks import cli, throughput
 from trainables import models
 from trainables.config import resolve_config
 from trainables.data import TensorSplit, apply_crop_flip, draw_crop_flip
@@ -306,7 +306,7 @@ TINY = ["--student", "resnet8", "--teacher", "resnet8", "--steps", "2", "--warmu
 
 @pytest.mark.parametrize("order", ["interleaved", "sequential"])
 def test_benchmark_smoke_prints_both_loops_and_their_ratio(capsys, order):
-    assert throughput.main([*TINY, "--order", order, "--json"]) == 0
+    assert cli.main([*TINY, "--order", order, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["order"] == order
     for loop in ("platform", "reference"):
@@ -320,7 +320,7 @@ def test_benchmark_smoke_prints_both_loops_and_their_ratio(capsys, order):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_benchmark_pack_mode_runs_trials_through_ray(ray_session, capsys):
-    assert throughput.main([*TINY, "--pack", "2", "--loops", "platform", "--json"]) == 0
+    assert cli.main([*TINY, "--pack", "2", "--loops", "platform", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     packed = result["platform"]["packed"]
     assert result["mode"] == "pack" and packed["trials"] == 2 and len(packed["per_trial_img_s"]) == 2
