@@ -23,8 +23,10 @@ from typing import Any
 
 import pandas as pd
 
+from study.layout import IDENTITY_KEYS, NON_CONFIG_KEYS
+
 from . import paper
-from .load import IDENTITY_KEYS, NON_CONFIG_KEYS, Study, _hashable
+from .load import Study, _hashable
 from .render import DASH, fmt_num, fmt_signed, records_frame, to_html, to_latex, to_markdown
 
 SELECT_METRIC = "val/top1"

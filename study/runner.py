@@ -17,15 +17,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .layout import SPEC_FILE, all_finished, experiment_trials, load_manifest, orphan_dirs, save_manifest
 from .spec import Spec, SpecError, pair_label, validate
-from .state import (
-    SPEC_FILE,
-    experiment_trials,
-    load_manifest,
-    save_manifest,
-    trial_rows,
-    varying_keys,
-)
+from .state import trial_rows, varying_keys
 
 DONE = ("done", "skipped")
 PAIR_DERIVED = ("student", "teacher", "teacher_checkpoint", "teacher_trajectory")
@@ -128,20 +122,11 @@ def init_study(spec: Spec, study_dir: Path) -> dict[str, Any]:
 
 def _hide_orphans(exp_dir: Path) -> None:
     """Trial folders the experiment state does not know (a killed driver never recorded them) go out of sight."""
-    known = {t["dir"].name for t in experiment_trials(exp_dir)}
-    if not known:
-        return
-    marks = ("params.json", "result.json", "epoch_log.jsonl")
-    for child in exp_dir.iterdir():
-        if not child.is_dir() or child.name.startswith(".") or child.name in known:
-            continue
-        if any((child / m).exists() for m in marks) or any(child.glob("checkpoint_*")):
-            child.rename(exp_dir / f".orphan-{child.name}")
-
-
-def _all_finished(exp_dir: Path) -> bool:
     trials = experiment_trials(exp_dir)
-    return bool(trials) and all(t["status"] in ("TERMINATED", "ERROR") for t in trials)
+    if not trials:
+        return
+    for child in orphan_dirs(exp_dir, trials):
+        child.rename(exp_dir / f".orphan-{child.name}")
 
 
 def _teacher_files(spec: Spec, study_dir: Path) -> dict[str, dict[str, Any]]:
@@ -232,7 +217,7 @@ def run_stages(spec: Spec, study_dir: Path, resources: dict[str, float], *, kind
             tuner = tn.build_tuner(spec, stage, study_dir, stage_resources, trained=manifest["teachers"], best=best,
                                    verbose=verbose, callbacks=callbacks)
         tuner.fit()
-        if not _all_finished(exp_dir):
+        if not all_finished(exp_dir):
             entry["status"] = "interrupted"
             save_manifest(study_dir, manifest)
             raise Interrupted(f"stage {stage.name} was interrupted; continue with `python -m study resume {study_dir}`")

@@ -24,6 +24,7 @@ import yaml
 
 from trainables.errors import ConfigError, did_you_mean
 
+from . import layout
 from .spaces import Choice, MethodSpace, available_knobs, parse_dist
 
 SPEC_DEFAULTS: dict[str, Any] = {
@@ -207,8 +208,8 @@ def grid_rows(key: str, values: list[Any]) -> list[dict[str, Any]]:
 
 
 def pair_label(pair: Mapping[str, str]) -> str:
-    """The ``pair`` value trials carry: ``<teacher>-<student>``."""
-    return f"{pair['teacher']}-{pair['student']}"
+    """The ``pair`` value trials carry: ``<teacher>-<student>`` (``study.layout.pair_label``)."""
+    return layout.pair_label(pair["teacher"], pair["student"])
 
 
 # -- the spec -----------------------------------------------------------------------------------------------------
