@@ -70,6 +70,8 @@ class FigureResult:
     title: str
     caption: str
     path: Path
+    shown: tuple[str, ...] = ()
+    """What the figure draws, one entry per line or panel (e.g. method labels): for readers and tests."""
 
 
 @dataclass
@@ -300,7 +302,7 @@ def accuracy_curves(curves: Curves, out_dir: Path) -> list[FigureResult | Skippe
         fig.suptitle(f"{title}{where}")
         key = f"accuracy_curves{suffix}"
         out.append(FigureResult(key, f"{title}{where}", "Mean over seeds (n trials per line), band ± 1 std over "
-                                f"seeds.{_details(groups)}", _save(fig, out_dir, key)))
+                                f"seeds.{_details(groups)}", _save(fig, out_dir, key), tuple(g.label for g in groups)))
     return out or [Skipped("accuracy_curves", title, "no trial with reported epochs")]
 
 
@@ -341,7 +343,8 @@ def _panels(curves: Curves, out_dir: Path, key: str, title: str, metrics: dict[s
         fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, len(handles)), fontsize=8,
                    frameon=False)
         name = f"{key}{suffix}"
-        out.append(FigureResult(name, f"{title}{where}", caption + _details(groups), _save(fig, out_dir, name)))
+        out.append(FigureResult(name, f"{title}{where}", caption + _details(groups), _save(fig, out_dir, name),
+                                tuple(g.label for g in groups)))
     return out or [Skipped(key, title, f"no trial reported {need}")]
 
 
@@ -430,7 +433,7 @@ def final_numbers(curves: Curves, out_dir: Path) -> list[FigureResult | Skipped]
         name = f"{key}{suffix}"
         out.append(FigureResult(name, f"{title}{where}", "Test top-1 of the configuration selected on val/top1: "
                                 "grey dots are seeds, blue the mean ± 1 std; red diamonds the paper's number where "
-                                "it printed this cell.", _save(fig, out_dir, name)))
+                                "it printed this cell.", _save(fig, out_dir, name), tuple(f.method for f in finals)))
     return out or [Skipped(key, title, "no finished trial reported test/top1")]
 
 
@@ -493,7 +496,7 @@ def baseline_heatmap(curves: Curves, out_dir: Path) -> list[FigureResult | Skipp
     return [FigureResult(key, f"{title} ({baseline})", f"Each cell: the method's mean test top-1 minus {baseline}'s "
                          "on the same pair (configurations selected on val/top1, means over seeds); blue is better "
                          f"than {baseline}, red worse, blank where either did not finish.{paper_note}{note}",
-                         _save(fig, out_dir, key))]
+                         _save(fig, out_dir, key), tuple(methods))]
 
 
 def budget_curve(curves: Curves, out_dir: Path) -> list[FigureResult | Skipped]:
