@@ -52,12 +52,10 @@ MAX_LINES = 10
 BASELINES = ("kd", "ce")
 """The heatmap's baseline when none is chosen: the first of these the study ran (else its first method)."""
 
-BOUND_TERMS = {"bound/teacher_err": "teacher error", "bound/student_err": "student error",
-               "bound/delta1": "Δ1 (student head vs teacher head)", "bound/delta2": "Δ2 (teacher head: student vs "
-               "teacher features)", "bound/rhs": "bound: teacher err + Δ1 + Δ2"}
-SC_TERMS = {"sc/labels": "labels", "sc/random_labels": "random labels", "sc/offline_teacher": "offline teacher",
-            "sc/online_teacher": "online teacher"}
-assert tuple(BOUND_TERMS) == layout.BOUND_TERMS and tuple(SC_TERMS) == layout.SC_TERMS
+BOUND_TERMS = dict(zip(layout.BOUND_TERMS, ("teacher error", "student error", "Δ1 (student head vs teacher head)",
+                                             "Δ2 (teacher head: student vs teacher features)",
+                                             "bound: teacher err + Δ1 + Δ2")))
+SC_TERMS = dict(zip(layout.SC_TERMS, ("labels", "random labels", "offline teacher", "online teacher")))
 
 DPI = 110
 _FAST = {"axes.titley": 1.0, "axes.titlepad": 5.0}

@@ -23,14 +23,14 @@ from typing import Any
 
 import pandas as pd
 
-from study.layout import IDENTITY_KEYS, NON_CONFIG_KEYS, pair_display
+from study.layout import IDENTITY_KEYS, NON_CONFIG_KEYS, TEST_TOP1, VAL_TOP1, pair_display
 
 from . import paper
 from .load import Study, _hashable
 from .render import DASH, fmt_num, fmt_signed, records_frame, to_html, to_latex, to_markdown
 
-SELECT_METRIC = "val/top1"
-REPORT_METRIC = "test/top1"
+SELECT_METRIC = VAL_TOP1
+REPORT_METRIC = TEST_TOP1
 TEACHER_ONLY = frozenset({"teacher"})
 """Methods that train the teacher architecture alone (no student)."""
 STUDENT_ALONE = frozenset({"ce"})
