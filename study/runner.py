@@ -129,6 +129,10 @@ def _hide_orphans(exp_dir: Path) -> None:
         child.rename(exp_dir / f".orphan-{child.name}")
 
 
+def _all_finished(exp_dir: Path) -> bool:
+    return all_finished(exp_dir)
+
+
 def _teacher_files(spec: Spec, study_dir: Path) -> dict[str, dict[str, Any]]:
     out = {}
     for row in trial_rows(study_dir, stages=["teachers"]):
@@ -217,7 +221,7 @@ def run_stages(spec: Spec, study_dir: Path, resources: dict[str, float], *, kind
             tuner = tn.build_tuner(spec, stage, study_dir, stage_resources, trained=manifest["teachers"], best=best,
                                    verbose=verbose, callbacks=callbacks)
         tuner.fit()
-        if not all_finished(exp_dir):
+        if not _all_finished(exp_dir):
             entry["status"] = "interrupted"
             save_manifest(study_dir, manifest)
             raise Interrupted(f"stage {stage.name} was interrupted; continue with `python -m study resume {study_dir}`")
