@@ -3,7 +3,13 @@
 Curves are the mean over seeds with a band of ± one standard deviation (where at least two seeds reached that
 epoch). Lines are grouped per method; a method that varies exactly one knob (connector depth, alpha_ce, ...)
 gets one line per knob value (the paper's Figures 2 and 3); a method searched over several knobs shows the
-configuration selected on validation. Each builder returns ``FigureResult`` or ``Skipped`` with the reason.
+configuration selected on validation. No method with data is ever left out of a figure: when the knob
+values would make more than ``MAX_LINES`` lines, such methods collapse to their selected configuration.
+The comparison itself is drawn from the final numbers: per pair, each method's test top-1 (mean, seeds, the
+paper's number), and a methods x pairs heatmap of the difference to a baseline method.
+
+The history is grouped by trial once per report (``Curves``) and each figure is laid out once, with fixed
+margins, when it is saved. Each builder returns ``FigureResult`` or ``Skipped`` with the reason.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,31 +25,41 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from study import layout  # noqa: E402
+
+from . import paper  # noqa: E402
 from .load import Study, _hashable  # noqa: E402
 from .tables import (  # noqa: E402
     REPORT_METRIC,
     SELECT_METRIC,
+    TEACHER_ONLY,
     Skipped,
-    Stat,
     cell_trials,
+    finished,
     fmt_config,
     ordered_methods,
-    pair_label,
     select,
     study_pairs,
     trial_config,
 )
 
 MAX_LINES = 10
-"""Most lines per panel; more groups than this are cut to the best ones on validation (noted in the caption)."""
+"""Most lines per panel before methods split by a knob collapse to their selected configuration."""
 
-BOUND_TERMS = {"bound/teacher_err": "teacher error", "bound/student_err": "student error",
-               "bound/delta1": "Δ1 (student head vs teacher head)", "bound/delta2": "Δ2 (teacher head: student vs "
-               "teacher features)", "bound/rhs": "bound: teacher err + Δ1 + Δ2"}
-SC_TERMS = {"sc/labels": "labels", "sc/random_labels": "random labels", "sc/offline_teacher": "offline teacher",
-            "sc/online_teacher": "online teacher"}
+BASELINES = ("kd", "ce")
+"""The heatmap's baseline when none is chosen: the first of these the study ran (else its first method)."""
+
+BOUND_TERMS = dict(zip(layout.BOUND_TERMS, ("teacher error", "student error", "Δ1 (student head vs teacher head)",
+                                             "Δ2 (teacher head: student vs teacher features)",
+                                             "bound: teacher err + Δ1 + Δ2")))
+SC_TERMS = dict(zip(layout.SC_TERMS, ("labels", "random labels", "offline teacher", "online teacher")))
+
+DPI = 110
+_FAST = {"axes.titley": 1.0, "axes.titlepad": 5.0}
+"""A fixed title position: matplotlib otherwise measures every axis' tick labels to place each title."""
 
 
 @dataclass
@@ -52,6 +68,8 @@ class FigureResult:
     title: str
     caption: str
     path: Path
+    shown: tuple[str, ...] = ()
+    """What the figure draws, one entry per line or panel (e.g. method labels): for readers and tests."""
 
 
 @dataclass
@@ -61,19 +79,106 @@ class Group:
     detail: str = ""
 
 
-# -- grouping -------------------------------------------------------------------------------------------------
-def _usable(study: Study) -> pd.DataFrame:
-    trials = study.trials
-    if trials.empty:
-        return trials
-    return trials[(trials["state"] != "errored") & (trials["n_reports"] > 0)]
+# -- the history, grouped once --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Curve:
+    """One line: per epoch the mean, the std (ddof 1, NaN for one value) and the count over the group's trials."""
+
+    epoch: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    n: np.ndarray
+
+    @property
+    def empty(self) -> bool:
+        return len(self.epoch) == 0
 
 
-def curve_groups(study: Study, teacher: Any, student: Any) -> list[Group]:
+EMPTY = Curve(np.array([]), np.array([]), np.array([]), np.array([]))
+
+
+@dataclass
+class Curves:
+    """The study's history indexed by trial once; per-group statistics of every metric computed once.
+
+    Also what the figure builders share: the usable trials, the lines of each pair and the chosen baseline.
+    """
+
+    study: Study
+    baseline: str | None = None
+    _frame: pd.DataFrame = field(init=False, repr=False)
+    _rows: dict[str, np.ndarray] = field(init=False, repr=False)
+    _stats: dict[tuple[str, ...], dict[str, Curve]] = field(default_factory=dict, init=False, repr=False)
+    _finals: dict[tuple[Any, Any], list[Final]] = field(default_factory=dict, init=False, repr=False)
+    _groups: dict[tuple[Any, Any], list[Group]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        history = self.study.history
+        self.metrics = [c for c in history.columns if c not in ("trial_id", "epoch")]
+        numeric = history[self.metrics].apply(pd.to_numeric, errors="coerce") if self.metrics else history[[]]
+        self._frame = pd.concat([history[["trial_id", "epoch"]].reset_index(drop=True),
+                                 numeric.reset_index(drop=True)], axis=1)
+        self._frame["epoch"] = pd.to_numeric(self._frame["epoch"], errors="coerce")
+        self._rows = {str(k): v for k, v in self._frame.groupby("trial_id", sort=False).indices.items()}
+        trials = self.study.trials
+        self.usable = trials if trials.empty else trials[(trials["state"] != "errored") & (trials["n_reports"] > 0)]
+
+    def present(self, metric: str) -> bool:
+        return metric in self._frame.columns and bool(self._frame[metric].notna().any())
+
+    def _stats_of(self, ids: Sequence[str]) -> dict[str, Curve]:
+        key = tuple(ids)
+        if key not in self._stats:
+            parts = [self._rows[t] for t in ids if t in self._rows]
+            out: dict[str, Curve] = {}
+            if parts and self.metrics:
+                rows = self._frame.iloc[np.concatenate(parts)]
+                grouped = rows.groupby("epoch")[self.metrics]
+                mean, std, count = grouped.mean(), grouped.std(), grouped.count()
+                epochs = mean.index.to_numpy(dtype=float)
+                for metric in self.metrics:
+                    n = count[metric].to_numpy()
+                    keep = n > 0
+                    if keep.any():
+                        out[metric] = Curve(epochs[keep], mean[metric].to_numpy()[keep], std[metric].to_numpy()[keep],
+                                            n[keep])
+            self._stats[key] = out
+        return self._stats[key]
+
+    def curve(self, ids: Sequence[str], metric: str) -> Curve:
+        """Per epoch: mean, std (ddof 1) and count of ``metric`` over the given trials."""
+        return self._stats_of(ids).get(metric, EMPTY)
+
+    def has_data(self, group: Group, metrics: Sequence[str]) -> bool:
+        return any(not self.curve(group.trial_ids, m).empty for m in metrics)
+
+    def finals(self, teacher: Any, student: Any) -> list[Final]:
+        """``final_numbers_of`` the finished trials for one pair, computed once for both final-number figures."""
+        key = (teacher, student)
+        if key not in self._finals:
+            self._finals[key] = final_numbers_of(finished(self.study.trials), teacher, student)
+        return self._finals[key]
+
+    def groups(self, teacher: Any, student: Any) -> list[Group]:
+        """The lines of one pair: every method with data; knob splits only while they fit in ``MAX_LINES``."""
+        key = (teacher, student)
+        if key not in self._groups:
+            groups = curve_groups(self.usable, teacher, student, split_knobs=True)
+            if len(groups) > MAX_LINES:
+                groups = curve_groups(self.usable, teacher, student, split_knobs=False)
+            self._groups[key] = groups
+        return self._groups[key]
+
+    def pairs(self) -> list[tuple[Any, Any]]:
+        if self.usable.empty:
+            return []
+        return study_pairs(self.usable) or [(None, None)]
+
+
+def curve_groups(trials: pd.DataFrame, teacher: Any, student: Any, split_knobs: bool = True) -> list[Group]:
     """The lines for one pair: per method, split by its single varying knob or reduced to the selected config."""
-    trials = _usable(study)
     groups: list[Group] = []
-    for method in ordered_methods(trials):
+    for method in ordered_methods(trials) if not trials.empty else []:
         own = cell_trials(trials, method, teacher, student)
         if own.empty:
             continue
@@ -84,7 +189,7 @@ def curve_groups(study: Study, teacher: Any, student: Any) -> list[Group]:
             groups.append(Group(method, list(own["trial_id"])))
             continue
         varying = sorted({k for c in configs for k in c if len({_hashable(x.get(k)) for x in configs}) > 1})
-        if len(varying) == 1 and len(distinct) <= MAX_LINES:
+        if split_knobs and len(varying) == 1 and len(distinct) <= MAX_LINES:
             knob = varying[0]
             values = sorted({c.get(knob) for c in configs}, key=lambda v: (v is None, str(v) if not isinstance(
                 v, int | float) else f"{float(v):020.6f}"))
@@ -105,58 +210,24 @@ def curve_groups(study: Study, teacher: Any, student: Any) -> list[Group]:
     return groups
 
 
-def _pairs(study: Study) -> list[tuple[Any, Any]]:
-    trials = _usable(study)
-    if trials.empty:
-        return []
-    return study_pairs(trials) or [(None, None)]
-
-
 def _pair_suffix(pairs: Sequence[tuple[Any, Any]], i: int) -> tuple[str, str]:
     if len(pairs) <= 1:
         t, s = pairs[0] if pairs else (None, None)
-        return "", (f" — {pair_label(t, s)}" if s is not None else "")
+        return "", (f" — {layout.pair_display(t, s)}" if s is not None else "")
     t, s = pairs[i]
-    return f"_{i + 1}", f" — {pair_label(t, s)}"
+    return f"_{i + 1}", f" — {layout.pair_display(t, s)}"
 
 
-def _curve(history: pd.DataFrame, ids: Sequence[str], metric: str) -> pd.DataFrame:
-    """Per epoch: mean, std (ddof 1) and count of ``metric`` over the given trials."""
-    if metric not in history.columns:
-        return pd.DataFrame(columns=["epoch", "mean", "std", "n"])
-    rows = history[history["trial_id"].isin(list(ids))][["trial_id", "epoch", metric]].copy()
-    rows[metric] = pd.to_numeric(rows[metric], errors="coerce")
-    rows = rows.dropna(subset=[metric])
-    if rows.empty:
-        return pd.DataFrame(columns=["epoch", "mean", "std", "n"])
-    agg = rows.groupby("epoch")[metric].agg(["mean", "std", "count"]).reset_index()
-    return agg.rename(columns={"count": "n"}).sort_values("epoch")
-
-
-def _plot_band(ax: Any, curve: pd.DataFrame, label: str, color: Any, linestyle: str = "-") -> bool:
+def _plot_band(ax: Any, curve: Curve, label: str, color: Any, linestyle: str = "-") -> bool:
     if curve.empty:
         return False
-    x, m = curve["epoch"].astype(float), curve["mean"].astype(float)
-    ax.plot(x, m, linestyle=linestyle, marker="o" if len(curve) < 12 else None, markersize=3, color=color,
-            label=label)
-    band = curve[curve["n"] >= 2]
-    if not band.empty:
-        ax.fill_between(band["epoch"].astype(float), band["mean"] - band["std"], band["mean"] + band["std"],
-                        color=color, alpha=0.2, linewidth=0)
+    ax.plot(curve.epoch, curve.mean, linestyle=linestyle, marker="o" if len(curve.epoch) < 12 else None, markersize=3,
+            color=color, label=label)
+    band = curve.n >= 2
+    if band.any():
+        ax.fill_between(curve.epoch[band], (curve.mean - curve.std)[band], (curve.mean + curve.std)[band], color=color,
+                        alpha=0.2, linewidth=0)
     return True
-
-
-def _limit(groups: list[Group], study: Study) -> tuple[list[Group], str]:
-    if len(groups) <= MAX_LINES:
-        return groups, ""
-
-    def score(g: Group) -> float:
-        vals = study.trials[study.trials["trial_id"].isin(g.trial_ids)].get(SELECT_METRIC)
-        s = Stat.of(vals if vals is not None else [])
-        return s.mean if s.n else -math.inf
-
-    kept = sorted(groups, key=score, reverse=True)[:MAX_LINES]
-    return kept, f" Showing the {MAX_LINES} best of {len(groups)} groups on val/top1."
 
 
 def _details(groups: Sequence[Group]) -> str:
@@ -167,13 +238,28 @@ def _epoch_axis(ax: Any) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
+
+
+def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1, *, left: float = 0.8, right: float = 0.3,
+            top: float = 0.7, bottom: float = 0.6, wspace: float = 0.75, hspace: float = 0.8,
+            **kwargs: Any) -> tuple[Any, Any]:
+    """A figure whose margins are fixed in inches: laid out once, when it is drawn (no tight_layout pass)."""
+    with plt.rc_context(_FAST):
+        fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, **kwargs)
+    inner_w = max(0.5, width - left - right)
+    inner_h = max(0.5, height - top - bottom)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height,
+                        wspace=wspace * ncols / inner_w if ncols > 1 else 0.2,
+                        hspace=hspace * nrows / inner_h if nrows > 1 else 0.2)
+    return fig, axes
 
 
 def _save(fig: Any, out_dir: Path, key: str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{key}.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
@@ -184,62 +270,63 @@ def _colors(n: int) -> list[Any]:
 
 
 # -- figures --------------------------------------------------------------------------------------------------
-def accuracy_curves(study: Study, out_dir: Path) -> list[FigureResult | Skipped]:
+def accuracy_curves(curves: Curves, out_dir: Path) -> list[FigureResult | Skipped]:
     """Train and validation top-1 against epoch, one line per method or knob value (Figures 2 and 3)."""
     title = "Top-1 accuracy vs epoch"
-    if study.history.empty or "val/top1" not in study.history.columns:
+    if not curves.present(layout.VAL_TOP1):
         return [Skipped("accuracy_curves", title, "no trial has reported val/top1 yet")]
     out: list[FigureResult | Skipped] = []
-    pairs = _pairs(study)
+    pairs = curves.pairs()
+    metrics = (layout.TRAIN_TOP1, layout.VAL_TOP1)
     for i, (t, s) in enumerate(pairs):
         suffix, where = _pair_suffix(pairs, i)
-        groups, cut = _limit(curve_groups(study, t, s), study)
+        groups = [g for g in curves.groups(t, s) if curves.has_data(g, metrics)]
         if not groups:
             continue
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+        legend_w = 3.2
+        fig, axes = _figure(12 + legend_w, 4.8, 1, 2, right=legend_w, sharey=True, wspace=0.3)
         colors = _colors(len(groups))
-        for ax, metric, name in zip(axes, ("train/top1", "val/top1"), ("train (augmented batches)", "validation")):
+        for ax, metric, name in zip(axes[0], metrics, ("train (augmented batches)", "validation")):
             drawn = False
             for g, c in zip(groups, colors):
-                drawn |= _plot_band(ax, _curve(study.history, g.trial_ids, metric), f"{g.label} (n={len(g.trial_ids)})",
-                                    c)
+                drawn |= _plot_band(ax, curves.curve(g.trial_ids, metric), f"{g.label} (n={len(g.trial_ids)})", c)
             ax.set_title(f"{name} top-1")
             _epoch_axis(ax)
             ax.grid(alpha=0.3)
             if not drawn:
                 ax.text(0.5, 0.5, f"no {metric} reported", ha="center", va="center", transform=ax.transAxes)
-        axes[0].set_ylabel("top-1 accuracy (%)")
-        axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="method (seeds)")
+        axes[0][0].set_ylabel("top-1 accuracy (%)")
+        axes[0][1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="method (seeds)")
         fig.suptitle(f"{title}{where}")
         key = f"accuracy_curves{suffix}"
         out.append(FigureResult(key, f"{title}{where}", "Mean over seeds (n trials per line), band ± 1 std over "
-                                f"seeds.{cut}{_details(groups)}", _save(fig, out_dir, key)))
+                                f"seeds.{_details(groups)}", _save(fig, out_dir, key), tuple(g.label for g in groups)))
     return out or [Skipped("accuracy_curves", title, "no trial with reported epochs")]
 
 
-def _panels(study: Study, out_dir: Path, key: str, title: str, metrics: dict[str, str], ylabel: str,
+def _panels(curves: Curves, out_dir: Path, key: str, title: str, metrics: dict[str, str], ylabel: str,
             caption: str, need: str) -> list[FigureResult | Skipped]:
     """One panel per group (method / knob value), one line per metric: loss terms, bound terms, SC."""
-    present = [m for m in metrics if m in study.history.columns and
-               pd.to_numeric(study.history[m], errors="coerce").notna().any()]
+    present = [m for m in metrics if curves.present(m)]
     if not present:
         return [Skipped(key, title, f"no trial reported {need}")]
     out: list[FigureResult | Skipped] = []
-    pairs = _pairs(study)
+    pairs = curves.pairs()
     for i, (t, s) in enumerate(pairs):
         suffix, where = _pair_suffix(pairs, i)
-        groups, cut = _limit(curve_groups(study, t, s), study)
-        groups = [g for g in groups if any(not _curve(study.history, g.trial_ids, m).empty for m in present)]
+        groups = [g for g in curves.groups(t, s) if curves.has_data(g, present)]  # filter first, never cut
         if not groups:
             continue
         ncols = min(3, len(groups))
         nrows = math.ceil(len(groups) / ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows), squeeze=False)
+        legend_h = 0.25 * math.ceil(len(present) / 3) + 0.4
+        fig, axes = _figure(5.2 * ncols, 3.4 * nrows + 0.7 + legend_h, nrows, ncols, bottom=0.6 + legend_h,
+                            top=0.75)
         colors = _colors(len(present))
         for ax, g in zip(axes.flat, groups):
             for m, c in zip(present, colors):
-                _plot_band(ax, _curve(study.history, g.trial_ids, m), metrics[m], c,
-                           linestyle="--" if m in ("train/loss", "bound/rhs") else "-")
+                _plot_band(ax, curves.curve(g.trial_ids, m), metrics[m], c,
+                           linestyle="--" if m in (layout.TRAIN_LOSS, "bound/rhs") else "-")
             ax.set_title(f"{g.label} (n={len(g.trial_ids)})", fontsize=9)
             _epoch_axis(ax)
             ax.set_ylabel(ylabel)
@@ -251,42 +338,169 @@ def _panels(study: Study, out_dir: Path, key: str, title: str, metrics: dict[str
             for handle, label in zip(*ax.get_legend_handles_labels()):
                 handles.setdefault(label, handle)
         fig.suptitle(f"{title}{where}")
-        fig.tight_layout()
-        fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-                   ncol=min(3, len(handles)), fontsize=8)
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, len(handles)), fontsize=8,
+                   frameon=False)
         name = f"{key}{suffix}"
-        out.append(FigureResult(name, f"{title}{where}", caption + cut + _details(groups), _save(fig, out_dir, name)))
+        out.append(FigureResult(name, f"{title}{where}", caption + _details(groups), _save(fig, out_dir, name),
+                                tuple(g.label for g in groups)))
     return out or [Skipped(key, title, f"no trial reported {need}")]
 
 
-def loss_curves(study: Study, out_dir: Path) -> list[FigureResult | Skipped]:
+def loss_curves(curves: Curves, out_dir: Path) -> list[FigureResult | Skipped]:
     """The weighted loss terms and their sum against epoch, per method."""
-    terms = sorted(c for c in study.history.columns if str(c).startswith("train/loss_"))
-    metrics = {"train/loss": "total (sum of terms)", **{t: t[len("train/loss_"):] for t in terms}}
-    return _panels(study, out_dir, "loss_terms", "Training loss terms vs epoch", metrics,
+    terms = sorted(c for c in curves.metrics if str(c).startswith(layout.LOSS_TERM_PREFIX))
+    metrics = {layout.TRAIN_LOSS: "total (sum of terms)", **{t: t[len(layout.LOSS_TERM_PREFIX):] for t in terms}}
+    return _panels(curves, out_dir, "loss_terms", "Training loss terms vs epoch", metrics,
                    "loss (mean per example, weighted)", "Each term as it enters the loss (already weighted); mean "
                    "over seeds, band ± 1 std.", "train/loss")
 
 
-def bound_curves(study: Study, out_dir: Path) -> list[FigureResult | Skipped]:
+def bound_curves(curves: Curves, out_dir: Path) -> list[FigureResult | Skipped]:
     """The error-bound terms (teacher error, Δ1, Δ2, student error, right-hand side) against epoch."""
-    return _panels(study, out_dir, "bound_terms", "Error-bound terms vs epoch (validation split)", BOUND_TERMS,
+    return _panels(curves, out_dir, "bound_terms", "Error-bound terms vs epoch (validation split)", BOUND_TERMS,
                    "rate (%)", "Theorem 1: student error ≤ teacher error + Δ1 + Δ2 (top-1 rates on the validation "
                    "split); mean over seeds, band ± 1 std. Missing Δ terms were not defined for that method.",
                    "bound/* terms")
 
 
-def sc_curves(study: Study, out_dir: Path) -> list[FigureResult | Skipped]:
+def sc_curves(curves: Curves, out_dir: Path) -> list[FigureResult | Skipped]:
     """Adjusted supervision complexity of the four targets against epoch."""
-    return _panels(study, out_dir, "supervision_complexity", "Supervision complexity vs epoch", SC_TERMS,
+    return _panels(curves, out_dir, "supervision_complexity", "Supervision complexity vs epoch", SC_TERMS,
                    "adjusted supervision complexity", "sqrt(SC · tr K)/n of each target on the student's NTK at "
                    "that epoch (lower = easier to fit); mean over seeds, band ± 1 std.", "sc/* terms")
 
 
-def budget_curve(study: Study, out_dir: Path) -> list[FigureResult | Skipped]:
+# -- the final numbers ----------------------------------------------------------------------------------------
+@dataclass
+class Final:
+    """One method's final test top-1 on one pair: the selected configuration's seeds and the paper's number."""
+
+    method: str
+    values: list[float]
+    mean: float
+    std: float
+    paper: float | None
+
+
+def final_numbers_of(trials: pd.DataFrame, teacher: Any, student: Any) -> list[Final]:
+    """Per method (table order), the test top-1 over the seeds of the configuration selected on validation."""
+    out = []
+    for m in ordered_methods(trials) if not trials.empty else []:
+        sel = select(cell_trials(trials, m, teacher, student))
+        if sel is None or sel.report[REPORT_METRIC].n == 0:
+            continue
+        chosen = trials[trials["trial_id"].isin(sel.trial_ids)]
+        values = [float(v) for v in pd.to_numeric(chosen[REPORT_METRIC], errors="coerce").dropna()]
+        stat = sel.report[REPORT_METRIC]
+        t = teacher if isinstance(teacher, str) else None
+        out.append(Final(m, values, stat.mean, stat.std if stat.n > 1 else 0.0,
+                         paper.table1(m, t, student if m not in TEACHER_ONLY else None)))
+    return out
+
+
+def final_numbers(curves: Curves, out_dir: Path) -> list[FigureResult | Skipped]:
+    """Per pair: each method's test top-1, mean with ± 1 std over seeds, each seed, the paper's number."""
+    key, title = "final_numbers", "Final test top-1 by method"
+    trials = finished(curves.study.trials)
+    if trials.empty or REPORT_METRIC not in trials.columns:
+        return [Skipped(key, title, "no finished trial reported test/top1")]
+    pairs = study_pairs(trials) or [(None, None)]
+    out: list[FigureResult | Skipped] = []
+    for i, (t, s) in enumerate(pairs):
+        suffix, where = _pair_suffix(pairs, i)
+        finals = curves.finals(t, s)
+        if not finals:
+            continue
+        fig, axes = _figure(8.0, 0.34 * len(finals) + 1.5, left=1.4, right=2.3, top=0.5, bottom=0.6)
+        ax = axes[0][0]
+        ys = list(range(len(finals)))[::-1]
+        for y, f in zip(ys, finals):
+            ax.scatter(f.values, [y] * len(f.values), s=12, color="0.55", zorder=2,
+                       label="seed" if y == ys[0] else None)
+            ax.errorbar([f.mean], [y], xerr=[f.std], fmt="o", color="tab:blue", capsize=3, markersize=6, zorder=3,
+                        label="mean ± 1 std over seeds" if y == ys[0] else None)
+        marked = [(y, f.paper) for y, f in zip(ys, finals) if f.paper is not None]
+        if marked:
+            ax.scatter([p for _, p in marked], [y for y, _ in marked], marker="D", s=40, facecolors="none",
+                       edgecolors="tab:red", linewidths=1.5, zorder=4, label="paper (Table 1)")
+        ax.set_yticks(ys, [f"{f.method} (n={len(f.values)})" for f in finals])
+        ax.set_xlabel("test top-1 accuracy (%)")
+        ax.grid(alpha=0.3, axis="x")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        ax.set_title(f"{title}{where}", fontsize=10)
+        name = f"{key}{suffix}"
+        out.append(FigureResult(name, f"{title}{where}", "Test top-1 of the configuration selected on val/top1: "
+                                "grey dots are seeds, blue the mean ± 1 std; red diamonds the paper's number where "
+                                "it printed this cell.", _save(fig, out_dir, name), tuple(f.method for f in finals)))
+    return out or [Skipped(key, title, "no finished trial reported test/top1")]
+
+
+def choose_baseline(methods: Sequence[str], wanted: str | None = None) -> tuple[str | None, str]:
+    """The heatmap's baseline: ``wanted`` when the study ran it, else the first of ``BASELINES``, else the first
+    student method; with a note when the wanted one is absent."""
+    students = [m for m in methods if m not in TEACHER_ONLY]
+    if wanted and wanted in students:
+        return wanted, ""
+    pick = next((b for b in BASELINES if b in students), students[0] if students else None)
+    note = f" {wanted} did not run in this study, so the baseline is {pick}." if wanted and pick else ""
+    return pick, note
+
+
+def baseline_heatmap(curves: Curves, out_dir: Path) -> list[FigureResult | Skipped]:
+    """Methods x pairs: test top-1 difference to the baseline method on the same pair (paper's in brackets)."""
+    key, title = "baseline_heatmap", "Test top-1 difference to the baseline"
+    trials = finished(curves.study.trials)
+    if trials.empty or REPORT_METRIC not in trials.columns:
+        return [Skipped(key, title, "no finished trial reported test/top1")]
+    baseline, note = choose_baseline(ordered_methods(trials), curves.baseline or BASELINES[0])
+    pairs = study_pairs(trials) or [(None, None)]
+    finals = {p: {f.method: f for f in curves.finals(*p)} for p in pairs}
+    methods = [m for m in ordered_methods(trials) if m not in TEACHER_ONLY and m != baseline]
+    if baseline is None or not methods:
+        return [Skipped(key, title, "needs at least two student methods with finished trials")]
+    diff = np.full((len(methods), len(pairs)), np.nan)
+    paper_diff = np.full_like(diff, np.nan)
+    for j, p in enumerate(pairs):
+        base = finals[p].get(baseline)
+        for i, m in enumerate(methods):
+            own = finals[p].get(m)
+            if base is None or own is None:
+                continue
+            diff[i, j] = own.mean - base.mean
+            if own.paper is not None and base.paper is not None:
+                paper_diff[i, j] = own.paper - base.paper
+    if np.isnan(diff).all():
+        return [Skipped(key, title, f"no pair has both {baseline} and another method finished")]
+    span = float(np.nanmax(np.abs(diff))) or 1.0
+    fig, axes = _figure(1.25 * len(pairs) + 3.2, 0.42 * len(methods) + 2.6, left=1.2, right=1.6, top=0.6,
+                        bottom=1.7)
+    ax = axes[0][0]
+    image = ax.imshow(np.ma.masked_invalid(diff), cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
+    for i in range(len(methods)):
+        for j in range(len(pairs)):
+            if np.isnan(diff[i, j]):
+                continue
+            text = f"{diff[i, j]:+.2f}"
+            if not np.isnan(paper_diff[i, j]):
+                text += f"\n({paper_diff[i, j]:+.2f})"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="white" if abs(diff[i, j]) > 0.6 * span else "black")
+    ax.set_xticks(range(len(pairs)), [layout.pair_display(t, s) for t, s in pairs], rotation=35, ha="right",
+                  fontsize=8)
+    ax.set_yticks(range(len(methods)), methods, fontsize=8)
+    fig.colorbar(image, ax=ax, label=f"test top-1 − {baseline} (points)", fraction=0.05, pad=0.02)
+    ax.set_title(f"{title} ({baseline})", fontsize=10)
+    paper_note = " In brackets: the same difference in the paper's Table 1." if not np.isnan(paper_diff).all() else ""
+    return [FigureResult(key, f"{title} ({baseline})", f"Each cell: the method's mean test top-1 minus {baseline}'s "
+                         "on the same pair (configurations selected on val/top1, means over seeds); blue is better "
+                         f"than {baseline}, red worse, blank where either did not finish.{paper_note}{note}",
+                         _save(fig, out_dir, key), tuple(methods))]
+
+
+def budget_curve(curves: Curves, out_dir: Path) -> list[FigureResult | Skipped]:
     """Test top-1 against teacher-call budget per method (CKD and its baselines)."""
     key, title = "budget_accuracy", "Test top-1 vs teacher-call budget"
-    trials = study.trials
+    trials = curves.study.trials
     col = "config/teacher_budget"
     if trials.empty or col not in trials.columns:
         return [Skipped(key, title, "no trial has a teacher_budget")]
@@ -294,7 +508,8 @@ def budget_curve(study: Study, out_dir: Path) -> list[FigureResult | Skipped]:
     done = done[[v is not None and not (isinstance(v, float) and math.isnan(v)) for v in done[col]]]
     if done.empty or REPORT_METRIC not in done.columns:
         return [Skipped(key, title, "no finished trial has a teacher_budget")]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, axes = _figure(7.5, 4.8)
+    ax = axes[0][0]
     methods = ordered_methods(done)
     for m, c in zip(methods, _colors(len(methods))):
         rows = []
@@ -331,8 +546,9 @@ def _optuna_studies(study: Study) -> list[tuple[Path, Any]]:
     return out
 
 
-def search_figures(study: Study, out_dir: Path) -> list[FigureResult | Skipped]:
+def search_figures(curves: Curves, out_dir: Path) -> list[FigureResult | Skipped]:
     """Per Optuna study in ``optuna.db``: optimization history, parameter importances, value vs each parameter."""
+    study = curves.study
     if not study.optuna_dbs:
         return [Skipped("search", "Search figures", "no optuna.db in the study dir (not a search)")]
     try:
@@ -382,7 +598,8 @@ def _history_figure(ostudy: Any, complete: list, maximize: bool, out_dir: Path, 
     for v in values:
         running = max(running, v) if maximize else min(running, v)
         best.append(running)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, axes = _figure(7.5, 4.8)
+    ax = axes[0][0]
     ax.scatter(numbers, values, s=30, color="tab:blue", label="trial value")
     ax.step(numbers, best, where="post", color="tab:red", label="best so far")
     ax.set_xlabel("Optuna trial number")
@@ -423,7 +640,8 @@ def _importance_figure(ostudy: Any, complete: list, out_dir: Path, key: str) -> 
     if not results:
         return Skipped(key, title, "Optuna's importance evaluators refused this study (" + "; ".join(failures) + ")")
     names = sorted({p for r in results.values() for p in r}, key=lambda p: -max(r.get(p, 0) for r in results.values()))
-    fig, ax = plt.subplots(figsize=(7, 0.6 * len(names) + 2))
+    fig, axes = _figure(7.5, 0.6 * len(names) + 2.6, left=1.9, bottom=1.4)
+    ax = axes[0][0]
     width = 0.8 / len(results)
     for j, (label, res) in enumerate(results.items()):
         ax.barh([k + j * width for k in range(len(names))], [res.get(p, 0.0) for p in names], height=width,
@@ -446,7 +664,7 @@ def _param_figure(ostudy: Any, complete: list, out_dir: Path, key: str, label: s
         return Skipped(key, title, "the search has no parameters")
     ncols = min(3, len(params))
     nrows = math.ceil(len(params) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    fig, axes = _figure(4.8 * ncols, 3.6 * nrows + 0.6, nrows, ncols, top=0.8)
     for ax, p in zip(axes.flat, params):
         pts = [(t.params[p], t.values[0]) for t in complete if p in t.params]
         dist = next((t.distributions[p] for t in complete if p in t.distributions), None)
@@ -464,7 +682,6 @@ def _param_figure(ostudy: Any, complete: list, out_dir: Path, key: str, label: s
     for ax in list(axes.flat)[len(params):]:
         ax.axis("off")
     fig.suptitle(title)
-    fig.tight_layout()
     return FigureResult(key, title, "One point per complete Optuna trial.", _save(fig, out_dir, key))
 
 
@@ -483,18 +700,23 @@ def _search_range(ax: Any, dist: Any) -> None:
         ax.set_xlim(low - pad, high + pad)
 
 
-FIGURES: tuple[Callable[[Study, Path], list[FigureResult | Skipped]], ...] = (
-    accuracy_curves, loss_curves, bound_curves, sc_curves, budget_curve, search_figures,
+FIGURES: tuple[Callable[[Curves, Path], list[FigureResult | Skipped]], ...] = (
+    final_numbers, baseline_heatmap, accuracy_curves, loss_curves, bound_curves, sc_curves, budget_curve,
+    search_figures,
 )
 
 
-def build_figures(study: Study, out_dir: str | Path) -> list[FigureResult | Skipped]:
-    """Every figure the study has data for, as PNGs in ``out_dir``; a ``Skipped`` with the reason for the rest."""
+def build_figures(study: Study, out_dir: str | Path, baseline: str | None = None) -> list[FigureResult | Skipped]:
+    """Every figure the study has data for, as PNGs in ``out_dir``; a ``Skipped`` with the reason for the rest.
+
+    ``baseline``: the method the heatmap compares against (default: kd, else ce, else the first method).
+    """
     out_dir = Path(out_dir)
+    curves = Curves(study, baseline)
     out: list[FigureResult | Skipped] = []
     for builder in FIGURES:
         try:
-            out.extend(builder(study, out_dir))
+            out.extend(builder(curves, out_dir))
         except Exception as exc:  # noqa: BLE001 - one broken figure must not cost the whole report
             plt.close("all")
             name = builder.__name__

@@ -1,17 +1,15 @@
-"""Read a study dir from disk into pandas frames, without Ray.
+"""Read a study dir from disk into pandas frames, without Ray or torch.
 
-A study dir is Ray Tune's experiment folder (one or several, e.g. one Tuner per method) plus ``spec.yaml``
-and ``optuna.db``. Every trial folder holds ``params.json`` (its flat config), ``result.json`` (one JSON line
-per epoch report), ``progress.csv`` and, when it failed, ``error.txt``; ``experiment_state-*.json`` says
-which trials are pending, running, terminated or errored. Any of these may be missing or half written while a
-study runs, so every reader here tolerates that and records what it could not read instead of failing.
+The study-dir format (which experiment state is current, which folders are trials, how ``params.json``,
+``result.json``/``progress.csv`` and ``error.txt`` are read) belongs to ``study.layout``; this module turns
+what it reads into a ``Study``: a trial frame, a history frame and the problems met on the way. Any file may
+be missing or half written while a study runs, so nothing here fails on one: it records what it could not
+read instead.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,28 +18,16 @@ from typing import Any
 
 import pandas as pd
 
+from study import layout
+from study.layout import IDENTITY_KEYS, NON_CONFIG_KEYS, RAY_BOOKKEEPING
+
 STATES = ("terminated", "running", "paused", "pending", "errored")
 """Trial states in the order the report lists them (Ray's TERMINATED/RUNNING/PAUSED/PENDING/ERROR)."""
 
-_RAY_STATES = {"TERMINATED": "terminated", "RUNNING": "running", "PAUSED": "paused", "PENDING": "pending",
-               "ERROR": "errored"}
+_RAY_STATES = {layout.TERMINATED: "terminated", layout.RUNNING: "running", layout.PAUSED: "paused",
+               layout.PENDING: "pending", layout.ERROR: "errored"}
 
-RAY_BOOKKEEPING = frozenset({
-    "config", "timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "trial_id", "date", "pid",
-    "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "experiment_tag",
-    "time_this_iter_s", "timesteps_total", "episodes_total", "timesteps_since_restore",
-})
-"""Keys Ray adds to every reported row that are not metrics of the trial."""
-
-NON_CONFIG_KEYS = frozenset({
-    "seed", "teacher_checkpoint", "trajectory_dir", "device", "amp", "channels_last", "compile",
-    "gpu_memory_fraction", "eval_batch_size", "eval_test_every", "checkpoint_every", "data_root",
-})
-"""Config keys that do not define a configuration: seeds are repetitions of one configuration, the rest are
-paths and execution settings that do not change what is learned (a teacher checkpoint per seed, AMP...)."""
-
-IDENTITY_KEYS = frozenset({"method", "teacher", "student", "pair", "dataset", "teacher_trajectory"})
-"""Config keys that say which cell a trial belongs to (method, pair, data set), not how it was tuned."""
+__all__ = ["IDENTITY_KEYS", "NON_CONFIG_KEYS", "STATES", "Study", "flatten", "load_study"]
 
 _TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5}|[0-9a-f]{8})_\d+_")
 
@@ -123,110 +109,6 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _read_json(path: Path, problems: list[str]) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        problems.append(f"could not read {path}: {exc}")
-        return None
-
-
-def read_results(trial_dir: Path, problems: list[str] | None = None) -> list[dict[str, Any]]:
-    """The rows a trial reported, from ``result.json`` (a half-written last line is skipped), else progress.csv."""
-    problems = problems if problems is not None else []
-    rows: list[dict[str, Any]] = []
-    result = trial_dir / "result.json"
-    if result.is_file():
-        try:
-            text = result.read_text()
-        except OSError as exc:
-            problems.append(f"could not read {result}: {exc}")
-            text = ""
-        lines = text.splitlines()
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                if i < len(lines) - 1:  # only the line being written may be incomplete
-                    problems.append(f"skipped a malformed line {i + 1} in {result}")
-        if rows:
-            return rows
-    progress = trial_dir / "progress.csv"
-    if progress.is_file() and progress.stat().st_size > 0:
-        try:
-            return pd.read_csv(progress).to_dict("records")
-        except (OSError, ValueError) as exc:
-            problems.append(f"could not read {progress}: {exc}")
-    return rows
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def error_message(text: str) -> str:
-    """The line of a Ray ``error.txt`` that says what went wrong (the exception line, without the traceback)."""
-    lines = [_ANSI.sub("", line).rstrip() for line in text.splitlines()]
-    candidates = [line for line in lines if line and not line[0].isspace() and not line.startswith(
-        ("Traceback", "Failure #", "The above exception", "During handling", "ray::"))]
-    for line in reversed(candidates):
-        if re.match(r"^[\w.]+(Error|Exception|Exceeded|Interrupt|Exit)\b.*", line) or ": " in line:
-            return line
-    return candidates[-1] if candidates else (lines[-1] if lines else "")
-
-
-def _experiment_states(exp_dir: Path, problems: list[str]) -> dict[str, dict[str, Any]]:
-    """Per trial dir name: Ray's view of the trial from the newest ``experiment_state-*.json`` in ``exp_dir``."""
-    files = sorted(exp_dir.glob("experiment_state-*.json"), key=lambda p: (p.stat().st_mtime, p.name))
-    if not files:
-        return {}
-    data = _read_json(files[-1], problems)
-    out: dict[str, dict[str, Any]] = {}
-    if not isinstance(data, dict):
-        return out
-    for entry in data.get("trial_data", []):
-        try:
-            trial_json, runtime_json = entry
-            trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
-            runtime = json.loads(runtime_json) if isinstance(runtime_json, str) else runtime_json
-        except (TypeError, ValueError) as exc:
-            problems.append(f"unreadable trial entry in {files[-1]}: {exc}")
-            continue
-        logdir = trial.get("relative_logdir") or trial.get("trial_id")
-        out[str(logdir)] = {
-            "trial_id": trial.get("trial_id"),
-            "status": trial.get("status"),
-            "trainable": trial.get("trainable_name"),
-            "config": trial.get("config") or {},
-            "error_file": (runtime or {}).get("error_filename"),
-            "last_result": (runtime or {}).get("last_result") or {},
-        }
-    return out
-
-
-def find_trial_dirs(root: Path) -> list[Path]:
-    """Folders holding a ``params.json`` (trial folders), not descending into checkpoints or trial folders."""
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        if "params.json" in filenames:
-            found.append(Path(dirpath))
-            dirnames[:] = []
-            continue
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(("checkpoint_", ".")) and d not in
-                             ("figures", "tables"))
-    return sorted(found)
-
-
-def find_experiment_dirs(root: Path) -> list[Path]:
-    """Folders holding an ``experiment_state-*.json`` (Ray experiments), the study dir itself included."""
-    found = {p.parent for p in root.glob("experiment_state-*.json")}
-    found |= {p.parent for p in root.glob("*/experiment_state-*.json")}
-    found |= {p.parent for p in root.glob("*/*/experiment_state-*.json")}
-    # Hidden folders (the study's ``.state-backup/`` copies of the state files) are not experiments.
-    return sorted(d for d in found if not any(part.startswith(".") for part in d.relative_to(root).parts))
-
-
 def _state(ray_status: str | None, has_error: bool, rows: list[dict[str, Any]]) -> str:
     if ray_status in _RAY_STATES:
         return _RAY_STATES[ray_status]  # an error.txt beside a later state is a failure that was retried
@@ -253,43 +135,31 @@ def _float_or_nan(value: Any) -> float:
         return math.nan
 
 
-def _trial_record(
-    trial_dir: Path | None, name: str, exp_dir: Path, root: Path, ray: dict[str, Any], problems: list[str]
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    params: dict[str, Any] = {}
-    rows: list[dict[str, Any]] = []
-    error = None
-    if trial_dir is not None:
-        loaded = _read_json(trial_dir / "params.json", problems) if (trial_dir / "params.json").is_file() else None
-        params = loaded if isinstance(loaded, dict) else {}
-        rows = read_results(trial_dir, problems)
-        err_file = trial_dir / "error.txt"
-        if err_file.is_file():
-            try:
-                error = error_message(err_file.read_text(errors="replace"))
-            except OSError as exc:
-                error = f"(error.txt unreadable: {exc})"
-    if not params:
-        params = dict(ray.get("config") or {})
-    trial_id = ray.get("trial_id") or next((r.get("trial_id") for r in rows if r.get("trial_id")), None)
+def _trial_record(trial: layout.Trial, root: Path, problems: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    trial_dir, exp_dir, name = trial["dir"], trial["dir"].parent, trial["dir"].name
+    present = trial_dir.is_dir()
+    params = layout.read_params(trial_dir, trial["config"], problems) if present else dict(trial["config"])
+    rows = layout.read_results(trial_dir, problems) if present else []
+    error = layout.read_error(trial_dir) if present else None
+    trial_id = trial["trial_id"] or next((r.get("trial_id") for r in rows if r.get("trial_id")), None)
     if not trial_id:
         match = _TRIAL_ID.search(name)
         trial_id = match.group(1) if match else name
-    method = params.get("method") or (ray.get("config") or {}).get("method") or ray.get("trainable")
+    method = params.get("method") or trial["config"].get("method") or trial["trainable"]
     if not method:
         method = _TRIAL_ID.split(name)[0] if _TRIAL_ID.search(name) else None
-    state = _state(ray.get("status"), error is not None, rows)
+    state = _state(trial["status"], error is not None, rows)
     if state == "errored" and error is None:
         error = "errored (no error.txt found)"
     last = _metrics(rows[-1]) if rows else {}
-    if not rows and ray.get("last_result"):
-        last = _metrics(ray["last_result"])
+    if not rows and trial["last_result"]:
+        last = _metrics(trial["last_result"])
     epochs_cfg = params.get("epochs")
-    last_epoch = _float_or_nan(last.get("epoch", last.get("training_iteration")))
+    last_epoch = _float_or_nan(last.get(layout.EPOCH, last.get("training_iteration")))
     if isinstance(epochs_cfg, int | float) and not isinstance(epochs_cfg, bool):
         completed = state not in ("errored", "pending") and last_epoch >= float(epochs_cfg)
     else:
-        completed = state == "terminated" and "test/top1" in last
+        completed = state == "terminated" and layout.TEST_TOP1 in last
     teacher, student = params.get("teacher"), params.get("student")
     if method == "teacher":
         student = None
@@ -297,7 +167,7 @@ def _trial_record(
         "trial_id": str(trial_id),
         "trial_name": name,
         "experiment": str(exp_dir.relative_to(root)) if exp_dir != root else ".",
-        "trial_dir": str(trial_dir) if trial_dir is not None else None,
+        "trial_dir": str(trial_dir) if present else None,
         "stage_kind": None,
         "state": state,
         "completed": bool(completed),
@@ -308,12 +178,16 @@ def _trial_record(
         "dataset": params.get("dataset"),
         "teacher": teacher,
         "student": student,
-        "pair": f"{teacher} → {student}" if teacher and student else None,
+        "pair": layout.pair_label(teacher, student) if teacher and student else None,
         "seed": params.get("seed"),
     }
     record.update({f"config/{k}": v for k, v in flatten(params).items()})
     record.update(last)
     return record, rows
+
+
+_TRIAL_COLUMNS = ["trial_id", "trial_name", "experiment", "trial_dir", "stage_kind", "state", "completed", "error",
+                  "last_epoch", "n_reports", "method", "dataset", "teacher", "student", "pair", "seed"]
 
 
 def load_study(study_dir: str | Path) -> Study:
@@ -322,65 +196,41 @@ def load_study(study_dir: str | Path) -> Study:
     if not root.is_dir():
         raise FileNotFoundError(f"study dir not found: {root} (give the folder `study run` created)")
     problems: list[str] = []
-    experiments = find_experiment_dirs(root)
-    states: dict[Path, dict[str, dict[str, Any]]] = {e: _experiment_states(e, problems) for e in experiments}
     records: list[dict[str, Any]] = []
-    history_rows: list[dict[str, Any]] = []
-    seen: set[tuple[Path, str]] = set()
-    for trial_dir in find_trial_dirs(root):
-        exp_dir = trial_dir.parent
-        ray = states.get(exp_dir, {}).get(trial_dir.name, {})
-        record, rows = _trial_record(trial_dir, trial_dir.name, exp_dir, root, ray, problems)
-        seen.add((exp_dir, trial_dir.name))
+    history_parts: list[pd.DataFrame] = []
+    for trial in layout.study_trials(root, problems):
+        record, rows = _trial_record(trial, root, problems)
         records.append(record)
-        history_rows.extend(_history(record["trial_id"], rows))
-    for exp_dir, trials in states.items():  # trials Ray knows of that have no folder yet (pending)
-        for name, ray in trials.items():
-            if (exp_dir, name) not in seen:
-                record, _ = _trial_record(None, name, exp_dir, root, ray, problems)
-                records.append(record)
-    trials = pd.DataFrame.from_records(records)
-    if trials.empty:
-        trials = pd.DataFrame(columns=["trial_id", "trial_name", "experiment", "trial_dir", "state", "completed",
-                                       "error", "last_epoch", "n_reports", "method", "dataset", "teacher",
-                                       "student", "pair", "seed"])
-    history = pd.DataFrame.from_records(history_rows)
-    if history.empty:
-        history = pd.DataFrame(columns=["trial_id", "epoch"])
+        if rows:
+            history_parts.append(_history(record["trial_id"], rows))
+    trials = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=_TRIAL_COLUMNS)
+    if history_parts:
+        history = (pd.concat(history_parts, ignore_index=True, sort=False)
+                   .sort_values(["trial_id", "epoch"], kind="stable").reset_index(drop=True))
     else:
-        history = (history.drop_duplicates(subset=["trial_id", "epoch"], keep="last")
-                   .sort_values(["trial_id", "epoch"]).reset_index(drop=True))
+        history = pd.DataFrame(columns=["trial_id", "epoch"])
     if not trials.empty:
-        kinds = _stage_kinds(root, problems)
+        kinds = layout.stage_kinds(root, problems)
         trials["stage_kind"] = [kinds.get(e) or _stage_kind_from_name(e) for e in trials["experiment"]]
     spec, spec_text = _read_spec(root, problems)
-    dbs = sorted({*root.glob("optuna.db"), *root.glob("*/optuna.db")})
+    dbs = sorted({*root.glob(layout.OPTUNA_FILE), *root.glob(f"*/{layout.OPTUNA_FILE}")})
     return Study(root=root, trials=trials, history=history, spec=spec, spec_text=spec_text, optuna_dbs=dbs,
-                 experiments=experiments, problems=problems)
+                 experiments=layout.experiment_dirs(root), problems=problems)
 
 
-def _history(trial_id: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _history(trial_id: str, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per reported epoch (``layout.read_results`` already kept one line per epoch)."""
     out = []
     for i, row in enumerate(rows):
         metrics = _metrics(row)
-        epoch = metrics.pop("epoch", metrics.get("training_iteration", i + 1))
+        epoch = metrics.pop(layout.EPOCH, metrics.get("training_iteration", i + 1))
         out.append({"trial_id": trial_id, "epoch": epoch, **metrics})
-    return out
+    return pd.DataFrame.from_records(out)
 
 
 STAGE_KINDS = ("teachers", "search", "final", "grid")
 """Kinds of experiment a ``study run`` writes (``study.json`` lists them): the teacher stage, an Optuna search,
 the selected configuration re-run over seeds, and a grid."""
-
-
-def _stage_kinds(root: Path, problems: list[str]) -> dict[str, str]:
-    """Experiment folder name -> stage kind, from the study's ``study.json`` manifest when there is one."""
-    path = root / "study.json"
-    if not path.is_file():
-        return {}
-    data = _read_json(path, problems)
-    stages = data.get("stages", []) if isinstance(data, dict) else []
-    return {str(s["name"]): str(s["kind"]) for s in stages if isinstance(s, dict) and "name" in s and "kind" in s}
 
 
 def _stage_kind_from_name(experiment: str) -> str | None:
@@ -389,7 +239,7 @@ def _stage_kind_from_name(experiment: str) -> str | None:
 
 
 def _read_spec(root: Path, problems: list[str]) -> tuple[dict[str, Any] | None, str | None]:
-    path = root / "spec.yaml"
+    path = root / layout.SPEC_FILE
     if not path.is_file():
         return None, None
     import yaml

@@ -96,7 +96,8 @@ def to_latex(frame: pd.DataFrame, bold: pd.DataFrame | None = None, index_label:
 
 
 def to_html(frame: pd.DataFrame, bold: pd.DataFrame | None = None, index_label: str | None = None,
-            caption: str | None = None) -> str:
+            caption: str | None = None, titles: pd.DataFrame | None = None) -> str:
+    """An HTML table; ``titles`` (same shape) become the cells' hover text."""
     mask = _mask(frame, bold)
     header = ([index_label] if index_label is not None else []) + [str(c) for c in frame.columns]
     out = ["<table>"]
@@ -107,8 +108,11 @@ def to_html(frame: pd.DataFrame, bold: pd.DataFrame | None = None, index_label: 
         cells = [f"<th scope='row'>{html.escape(str(idx))}</th>"] if index_label is not None else []
         for col in frame.columns:
             text = html.escape(str(row[col]))
-            cells.append(f"<td><strong>{text}</strong></td>" if mask.at[idx, col] and row[col] != DASH
-                         else f"<td>{text}</td>")
+            hover = str(titles.at[idx, col]) if titles is not None and idx in titles.index and col in titles.columns \
+                else ""
+            attr = f" title='{html.escape(hover, quote=True)}'" if hover else ""
+            cells.append(f"<td{attr}><strong>{text}</strong></td>" if mask.at[idx, col] and row[col] != DASH
+                         else f"<td{attr}>{text}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out) + "\n"

@@ -19,6 +19,8 @@ from typing import Any
 
 import pandas as pd
 
+from study.layout import pair_display
+
 from . import paper
 from .curves import FigureResult, build_figures
 from .load import STATES, Study, load_study
@@ -100,6 +102,14 @@ def _num(value: Any, digits: int = 2) -> str:
     return f"{v:.{digits}f}" if math.isfinite(v) else DASH
 
 
+def _pair(row: pd.Series) -> str:
+    """The trial's pair as tables show it (``teacher → student``), a dash for a trial without a student."""
+    teacher, student = row.get("teacher"), row.get("student")
+    if not isinstance(student, str):
+        return DASH
+    return pair_display(teacher if isinstance(teacher, str) else None, student)
+
+
 def _overview(doc: _Doc, study: Study) -> None:
     trials = study.trials
     counts = trials["state"].value_counts().to_dict() if not trials.empty else {}
@@ -107,7 +117,7 @@ def _overview(doc: _Doc, study: Study) -> None:
     status = "no trials yet" if trials.empty else (
         f"still running ({active} of {len(trials)} trials not finished)" if active else "finished")
     datasets = sorted({str(d) for d in trials.get("dataset", pd.Series(dtype=object)).dropna()})
-    pairs = sorted({str(p) for p in trials.get("pair", pd.Series(dtype=object)).dropna()})
+    pairs = sorted({_pair(r) for _, r in trials.iterrows()} - {DASH}) if not trials.empty else []
     epochs = sorted({str(e) for e in trials.get("config/epochs", pd.Series(dtype=object)).dropna()})
     items = [
         f"Study dir: {study.root}",
@@ -125,9 +135,10 @@ def _overview(doc: _Doc, study: Study) -> None:
         items.append("Reproduces the paper's " + ", ".join(t.replace("table", "Table ") for t in matched)
                      + f" ({paper.PAPER}): the paper's numbers stand beside the measured ones.")
     doc.bullets(items)
-    doc.para("How to read the numbers: every accuracy is in percent. A cell 'm ± s (n=k)' is the mean and the "
-             "sample standard deviation over k seeds of the configuration selected on the validation split "
-             "(the test split is never used to choose). Bold marks the best cell of a column.", cls="note")
+    doc.para("How to read the numbers: every accuracy is in percent. A cell 'm ± s' is the mean and the sample "
+             "standard deviation over the seeds of the configuration selected on the validation split (the test "
+             "split is never used to choose); the number of seeds and the paper's number are on hover and in the "
+             "CSV. Bold marks the best cell of a column.", cls="note")
 
 
 def _reproduced(study: Study) -> list[str]:
@@ -181,7 +192,7 @@ def _errored(doc: _Doc, study: Study) -> None:
     records = []
     for _, row in bad.iterrows():
         config = trial_config(row)
-        records.append({"trial": row["trial_id"], "method": row["method"], "pair": row["pair"], "seed": row["seed"],
+        records.append({"trial": row["trial_id"], "method": row["method"], "pair": _pair(row), "seed": row["seed"],
                         "configuration": fmt_config({k: config.get(k) for k in knobs if k in config}),
                         "epochs done": int(row["n_reports"]), "message": row["error"]})
     doc.frame(records_frame(records))
@@ -196,7 +207,7 @@ def _unfinished(doc: _Doc, study: Study) -> None:
     if waiting.empty:
         return
     doc.heading(2, "Trials not finished yet")
-    records = [{"trial": r["trial_id"], "method": r["method"], "pair": r["pair"], "seed": r["seed"],
+    records = [{"trial": r["trial_id"], "method": r["method"], "pair": _pair(r), "seed": r["seed"],
                 "state": r["state"], "epochs reported": int(r["n_reports"]),
                 "configured epochs": r.get("config/epochs"), "latest val top-1 (%)": _num(r.get("val/top1"))}
                for _, r in waiting.iterrows()]
@@ -212,7 +223,7 @@ def _all_trials(doc: _Doc, study: Study) -> None:
     records = []
     for _, r in trials.iterrows():
         config = trial_config(r)
-        records.append({"trial": r["trial_id"], "method": r["method"], "pair": r["pair"], "seed": r["seed"],
+        records.append({"trial": r["trial_id"], "method": r["method"], "pair": _pair(r), "seed": r["seed"],
                         "configuration": fmt_config({k: config.get(k) for k in knobs if k in config}),
                         "state": r["state"], "epochs": int(r["n_reports"]), "val top-1 (%)": _num(r.get("val/top1")),
                         "test top-1 (%)": _num(r.get("test/top1"))})
@@ -227,10 +238,11 @@ def _clean(out: Path) -> None:
             path.unlink()
 
 
-def build_report(study_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+def build_report(study_dir: str | Path, out_dir: str | Path | None = None, baseline: str | None = None) -> Path:
     """Write ``report.md``, ``report.html``, ``tables/`` and ``figures/`` for the study; return report.html's path.
 
-    ``out_dir`` defaults to the study dir. Works on finished, running and partly failed studies. PNGs in
+    ``out_dir`` defaults to the study dir; ``baseline`` is the method the heatmap compares against (default kd,
+    else ce, else the first method). Works on finished, running and partly failed studies. PNGs in
     ``figures/`` and CSV/MD/TeX files in ``tables/`` of ``out_dir`` left by an earlier report are replaced.
     """
     study = load_study(study_dir)
@@ -238,7 +250,7 @@ def build_report(study_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     _clean(out)
     tables = build_tables(study)
-    figures = build_figures(study, out / "figures")
+    figures = build_figures(study, out / "figures", baseline=baseline)
     skipped: list[Skipped] = [t for t in tables if isinstance(t, Skipped)] + [
         f for f in figures if isinstance(f, Skipped)]
 

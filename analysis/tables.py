@@ -23,12 +23,14 @@ from typing import Any
 
 import pandas as pd
 
+from study.layout import IDENTITY_KEYS, NON_CONFIG_KEYS, TEST_TOP1, VAL_TOP1, pair_display
+
 from . import paper
-from .load import IDENTITY_KEYS, NON_CONFIG_KEYS, Study, _hashable
+from .load import Study, _hashable
 from .render import DASH, fmt_num, fmt_signed, records_frame, to_html, to_latex, to_markdown
 
-SELECT_METRIC = "val/top1"
-REPORT_METRIC = "test/top1"
+SELECT_METRIC = VAL_TOP1
+REPORT_METRIC = TEST_TOP1
 TEACHER_ONLY = frozenset({"teacher"})
 """Methods that train the teacher architecture alone (no student)."""
 STUDENT_ALONE = frozenset({"ce"})
@@ -156,7 +158,16 @@ class Cell:
         return self.stat.mean - self.paper
 
     def text(self) -> str:
-        out = self.stat.text()
+        """The compact cell: mean ± std over seeds (the mean alone for one seed)."""
+        if self.stat.n == 0:
+            return DASH
+        if self.stat.n == 1:
+            return fmt_num(self.stat.mean)
+        return f"{fmt_num(self.stat.mean)} ± {fmt_num(self.stat.std)}"
+
+    def hover(self) -> str:
+        """What the compact cell leaves out (HTML title; the CSV has it as columns): n and the paper's number."""
+        out = f"n={self.stat.n}"
         if self.paper is not None:
             out += f" · paper {fmt_num(self.paper)} (Δ {fmt_signed(self.diff)})"
         return out
@@ -199,6 +210,24 @@ class Table:
             bold.at[r, c] = cell.best
         return text, bold
 
+    def hovers(self) -> pd.DataFrame:
+        titles = pd.DataFrame("", index=self.rows, columns=self.columns)
+        for (r, c), cell in self.cells.items():
+            titles.at[r, c] = cell.hover()
+        return titles
+
+    def legend(self) -> str:
+        """The note that says what the compact cells leave out: seeds per cell, where the paper's numbers are."""
+        counts = sorted({c.stat.n for c in self.cells.values() if c.stat.n})
+        if not counts:
+            return ""
+        seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} (per cell in the CSV)"
+        out = f"Cells: mean ± std over seeds; seeds per cell: {seeds}."
+        if self.has_paper:
+            out += " The paper's numbers and the difference measured − paper are in the CSV (paper, diff) and on " \
+                   "hover in report.html."
+        return out
+
     def to_frame(self) -> pd.DataFrame:
         """One CSV row per cell: numbers unformatted, with the selected configuration and its trials."""
         records = []
@@ -230,7 +259,7 @@ class Table:
 
     def to_html(self) -> str:
         text, bold = self.display()
-        return to_html(text, bold, index_label=self.row_label)
+        return to_html(text, bold, index_label=self.row_label, titles=self.hovers())
 
 
 @dataclass
@@ -288,10 +317,6 @@ def write_table(table: AnyTable, out_dir: str | Path) -> list[Path]:
 
 
 # -- helpers shared by the layouts ----------------------------------------------------------------------------
-def pair_label(teacher: Any, student: Any) -> str:
-    return f"{teacher} → {student}" if _present(teacher) else str(student)
-
-
 def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
@@ -394,7 +419,7 @@ def _finish(table: Table, study: Study, paper_key: str | None) -> Table | Skippe
         table.paper_table = paper_key
         table.notes = _dataset_note(study, paper_key) + table.notes
     table.mark_best()
-    table.notes += _progress_note(study)
+    table.notes = [n for n in (table.legend(), *table.notes, *_progress_note(study)) if n]
     return table
 
 
@@ -409,7 +434,7 @@ def table1_methods_by_pair(study: Study) -> Table | Skipped:
     trials = unbudgeted if not unbudgeted.empty else trials  # Table 1 is the full-data setting
     pairs = study_pairs(trials)
     methods = ordered_methods(trials)
-    cols = [pair_label(t, s) for t, s in pairs]
+    cols = [pair_display(t, s) for t, s in pairs]
     table = Table("table1_methods_by_pair", title,
                   "Each cell: test top-1 of the configuration selected on val/top1, mean ± std over seeds (n); "
                   "best student per column in bold.", "method", methods, cols, {},
@@ -437,7 +462,7 @@ def table2_connector_depth(study: Study) -> Table | Skipped:
     combos = [(m, t, s) for t, s in study_pairs(trials) for m in ordered_methods(trials)
               if not cell_trials(trials, m, t, s).empty]
     multi_pair = len({(t, s) for _, t, s in combos}) > 1
-    cols = [f"{m} ({pair_label(t, s)})" if multi_pair else m for m, t, s in combos]
+    cols = [f"{m} ({pair_display(t, s)})" if multi_pair else m for m, t, s in combos]
     rows = [f"{d}: {paper.connector_label(d)}" for d in depths]
     table = Table(key, title, "Rows: connector_depth and its layers. Each cell: test top-1 of the configuration "
                   "selected on val/top1 at that depth, mean ± std over seeds (n); best depth per column in bold.",
@@ -468,7 +493,7 @@ def table3_ablation(study: Study) -> Table | Skipped:
     method = "ijckd" if "ijckd" in methods else methods[0]
     own = trials[trials["method"] == method]
     pairs = study_pairs(own)
-    cols = [pair_label(t, s) for t, s in pairs]
+    cols = [pair_display(t, s) for t, s in pairs]
     rows: list[tuple[str, pd.DataFrame, str, Callable[[Any, Any], float | None]]] = []
     if len(alphas) >= 2:
         base = _prefer(own, "loss_combination", "sr")
@@ -514,7 +539,7 @@ def table4_imagenet(study: Study) -> Table | Skipped:
     cols, specs = [], []
     for t, s in pairs:
         for metric, short in (("test/top1", "top-1"), ("test/top5", "top-5")):
-            cols.append(f"{pair_label(t, s)} {short}")
+            cols.append(f"{pair_display(t, s)} {short}")
             specs.append((t, s, metric))
     table = Table(key, title, "Top-1 and top-5 of the same configuration (selected on val/top1), mean ± std over "
                   "seeds (n); best student per column in bold.", "method", methods, cols, {},
@@ -534,7 +559,7 @@ def table5_teacher_head(study: Study) -> Table | Skipped:
     if trials.empty or "teacher_head" not in set(trials["method"]):
         return Skipped(key, title, "no finished teacher_head trial (the student trained through the teacher's head)")
     pairs = study_pairs(trials[trials["method"] == "teacher_head"])
-    rows = [pair_label(t, s) for t, s in pairs]
+    rows = [pair_display(t, s) for t, s in pairs]
     cols = ["teacher's classifier (teacher_head)", "own classifier (ce)"]
     table = Table(key, title, "Both trained with hard labels only; each cell is the test top-1 of the configuration "
                   "selected on val/top1, mean ± std over seeds (n); the better of the two in bold per column "
@@ -556,7 +581,7 @@ def online_vs_offline(study: Study) -> Table | Skipped:
         return Skipped(key, title, "no finished online or offline trial")
     methods = [m for m in ("ce", "kd", "offline", "online") if m in set(trials["method"])]
     pairs = study_pairs(trials[trials["method"].isin(["online", "offline"])])
-    rows = [pair_label(t, s) for t, s in pairs]
+    rows = [pair_display(t, s) for t, s in pairs]
     table = Table(key, title, "Online: the student follows the teacher's checkpoint trajectory; offline: the final "
                   "teacher throughout, same loss. Test top-1 of the configuration selected on val/top1, mean ± std "
                   "over seeds (n); best per row is what matters, best per column in bold.", "pair", rows, methods, {})
@@ -581,7 +606,7 @@ def ckd_budget(study: Study) -> Table | Skipped:
     combos = [(m, t, s) for t, s in study_pairs(trials) for m in ordered_methods(trials)
               if not cell_trials(trials, m, t, s).empty]
     multi_pair = len({(t, s) for _, t, s in combos}) > 1
-    cols = [f"{m} ({pair_label(t, s)})" if multi_pair else m for m, t, s in combos]
+    cols = [f"{m} ({pair_display(t, s)})" if multi_pair else m for m, t, s in combos]
     rows = [f"{b} images" for b in budgets]
     table = Table(key, title, "Rows: teacher_budget (teacher calls = training images the teacher saw once). Test "
                   "top-1 of the configuration selected on val/top1, mean ± std over seeds (n); best method per row "
@@ -603,6 +628,18 @@ def fmt_config(knobs: dict[str, Any]) -> str:
     return ", ".join(f"{k}={show(v)}" for k, v in knobs.items()) or "(the only configuration)"
 
 
+def _best_cells(own: pd.DataFrame, method: str) -> list[tuple[pd.DataFrame, str]]:
+    """The cells of one method in the best-configuration table: one per teacher architecture for the teacher,
+    one per pair for a student method, the whole method when its trials name no pair."""
+    if method in TEACHER_ONLY:
+        archs = list(dict.fromkeys(a for a in own["teacher"] if _present(a)))
+        return [(own[own["teacher"] == a], str(a)) for a in archs] or [(own, DASH)]
+    pairs = study_pairs(own)
+    if not pairs:
+        return [(own, DASH)]
+    return [(cell_trials(own, method, t, s), pair_display(t, s)) for t, s in pairs]
+
+
 def best_per_method(study: Study) -> ListTable | Skipped:
     """The configuration selected on validation for each method and pair, with its val and test accuracy."""
     title = "Best configuration per method"
@@ -613,12 +650,12 @@ def best_per_method(study: Study) -> ListTable | Skipped:
     records = []
     for m in ordered_methods(trials):
         own = trials[trials["method"] == m]
-        for t, s in study_pairs(own) or [(None, None)]:
-            sel = select(cell_trials(own, m, t, s) if s is not None else own, metrics=("test/top1", "test/top5"))
+        for cell, where in _best_cells(own, m):
+            sel = select(cell, metrics=("test/top1", "test/top5"))
             if sel is None:
                 continue
             records.append({
-                "method": m, "pair": pair_label(t, s) if s is not None else DASH,
+                "method": m, "pair": where,
                 "configuration": fmt_config(sel.knobs), "configs compared": sel.n_configs, "seeds": sel.val.n,
                 "val top-1 (%)": sel.val.text(), "test top-1 (%)": sel.report["test/top1"].text(),
                 "test top-5 (%)": sel.report["test/top5"].text(),
@@ -634,43 +671,56 @@ def best_per_method(study: Study) -> ListTable | Skipped:
     shown_cols = ["method", "pair", "configuration", "configs compared", "seeds", "val top-1 (%)", "test top-1 (%)",
                   "test top-5 (%)"]
     raw_cols = [c for c in frame.columns if c not in shown_cols[5:]]
-    return ListTable(key, title, "Per method (and pair), the configuration with the best mean val/top1 over seeds "
-                     "(mean ± std over seeds, n); 'configuration' lists only the keys that differ between the "
-                     "configurations compared.", frame[raw_cols],
+    return ListTable(key, title, "Per method and pair (the teacher: per architecture), the configuration with the "
+                     "best mean val/top1 over seeds (mean ± std over seeds, n); 'configuration' lists only the keys "
+                     "that differ between the configurations compared.", frame[raw_cols],
                      shown=records_frame(frame[shown_cols].to_dict("records"), shown_cols))
 
 
+def search_trials(study: Study) -> pd.DataFrame:
+    """The finished trials of the study's searches: its ``search`` stages (``study.json``); for a study dir
+    without stage kinds, every trial when it has an ``optuna.db``. Empty when the study searched nothing."""
+    trials = finished(study.trials)
+    if trials.empty:
+        return trials
+    kinds = trials["stage_kind"] if "stage_kind" in trials.columns else pd.Series([None] * len(trials))
+    if kinds.notna().any():
+        return trials[(kinds == "search").to_numpy()]
+    return trials if study.optuna_dbs else trials.iloc[0:0]
+
+
 def search_top_configs(study: Study, top: int = 10) -> ListTable | Skipped:
-    """For searches: the best configurations on validation, with their test accuracy (read, not selected on)."""
+    """For searches: the best configurations on validation per method and pair, with their test accuracy."""
     title = "Search — top configurations on validation"
     key = "search_top_configs"
-    trials = finished(study.trials)
+    trials = search_trials(study)
+    if trials.empty:
+        return Skipped(key, title, "the study ran no search (no finished trial of a search stage)")
     knobs = [k for k in study.knobs() if k not in ("epochs",)]
-    if trials.empty or not (study.optuna_dbs or knobs):
-        return Skipped(key, title, "not a search (no optuna.db and no knob varies between trials)")
     records = []
     for m in ordered_methods(trials):
         own = trials[trials["method"] == m]
-        groups: dict[Any, list[int]] = {}
-        configs = [trial_config(r) for _, r in own.iterrows()]
-        for i, c in enumerate(configs):
-            groups.setdefault(_hashable(c), []).append(i)
-        if len(groups) < 2:
-            continue
-        for idx in groups.values():
-            sub = own.iloc[idx]
-            config = configs[idx[0]]
-            records.append({"method": m, "configuration": fmt_config({k: config.get(k) for k in knobs if k in config}),
-                            "seeds": len(idx), "val top-1 (%)": Stat.of(sub.get(SELECT_METRIC, [])).mean,
-                            "test top-1 (%)": Stat.of(sub.get(REPORT_METRIC, [])).mean})
+        for cell, where in _best_cells(own, m):
+            groups: dict[Any, list[int]] = {}
+            configs = [trial_config(r) for _, r in cell.iterrows()]
+            for i, c in enumerate(configs):
+                groups.setdefault(_hashable(c), []).append(i)
+            for idx in groups.values():
+                sub = cell.iloc[idx]
+                config = configs[idx[0]]
+                records.append({"method": m, "pair": where,
+                                "configuration": fmt_config({k: config.get(k) for k in knobs if k in config}),
+                                "seeds": len(idx), "val top-1 (%)": Stat.of(sub.get(SELECT_METRIC, [])).mean,
+                                "test top-1 (%)": Stat.of(sub.get(REPORT_METRIC, [])).mean})
     if not records:
-        return Skipped(key, title, "no method has two or more finished configurations")
-    frame = (pd.DataFrame.from_records(records).sort_values(["method", "val top-1 (%)"], ascending=[True, False])
-             .groupby("method", sort=False).head(top).reset_index(drop=True))
+        return Skipped(key, title, "no search trial has finished")
+    frame = (pd.DataFrame.from_records(records).sort_values(["method", "pair", "val top-1 (%)"],
+                                                            ascending=[True, True, False], kind="stable")
+             .groupby(["method", "pair"], sort=False).head(top).reset_index(drop=True))
     frame["val top-1 (%)"] = frame["val top-1 (%)"].round(2)
     frame["test top-1 (%)"] = frame["test top-1 (%)"].round(2)
-    return ListTable(key, title, f"Up to {top} configurations per method, ordered by mean val/top1 over their "
-                     "seeds (test top-1 shown for reference; it is never used to choose).", frame)
+    return ListTable(key, title, f"Up to {top} configurations per method and pair, ordered by mean val/top1 over "
+                     "their seeds (test top-1 shown for reference; it is never used to choose).", frame)
 
 
 LAYOUTS: tuple[Callable[[Study], AnyTable | Skipped], ...] = (

@@ -106,7 +106,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_teachers(args: argparse.Namespace) -> int:
     """A study dir: list its teachers. A spec: train the teachers it needs (the teacher stage only)."""
     if _is_study_dir(args.target):
-        from .state import load_manifest
+        from .layout import load_manifest
 
         manifest = load_manifest(args.target)
         teachers = manifest.get("teachers", {})

@@ -18,16 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from .console import tensorboard_hint, without_ray_tensorboard_hint
+from .layout import SPEC_FILE, all_finished, experiment_trials, load_manifest, orphan_dirs, save_manifest
 from .lock import study_lock
 from .spec import Spec, SpecError, pair_label, validate
-from .state import (
-    SPEC_FILE,
-    experiment_trials,
-    load_manifest,
-    save_manifest,
-    trial_rows,
-    varying_keys,
-)
+from .state import trial_rows, varying_keys
 
 DONE = ("done", "skipped")
 PAIR_DERIVED = ("student", "teacher", "teacher_checkpoint", "teacher_trajectory")
@@ -104,20 +98,15 @@ def init_study(spec: Spec, study_dir: Path) -> dict[str, Any]:
 
 def _hide_orphans(exp_dir: Path) -> None:
     """Trial folders the experiment state does not know (a killed driver never recorded them) go out of sight."""
-    known = {t["dir"].name for t in experiment_trials(exp_dir)}
-    if not known:
+    trials = experiment_trials(exp_dir)
+    if not trials:
         return
-    marks = ("params.json", "result.json", "epoch_log.jsonl")
-    for child in exp_dir.iterdir():
-        if not child.is_dir() or child.name.startswith(".") or child.name in known:
-            continue
-        if any((child / m).exists() for m in marks) or any(child.glob("checkpoint_*")):
-            child.rename(exp_dir / f".orphan-{child.name}")
+    for child in orphan_dirs(exp_dir, trials):
+        child.rename(exp_dir / f".orphan-{child.name}")
 
 
 def _all_finished(exp_dir: Path) -> bool:
-    trials = experiment_trials(exp_dir)
-    return bool(trials) and all(t["status"] in ("TERMINATED", "ERROR") for t in trials)
+    return all_finished(exp_dir)
 
 
 def _teacher_files(spec: Spec, study_dir: Path) -> dict[str, dict[str, Any]]:

@@ -24,6 +24,7 @@ import yaml
 
 from trainables.errors import ConfigError
 
+from . import layout
 from .spaces import MethodSpace, available_knobs, parse_dist
 from .spec_schema import STUDY_MANAGED as STUDY_MANAGED  # the spec's vocabulary, re-exported
 from .spec_schema import SpecError, StudySpec, grid_columns, parse_spec
@@ -113,8 +114,8 @@ def grid_rows(key: str, values: list[Any]) -> list[dict[str, Any]]:
 
 
 def pair_label(pair: Mapping[str, str]) -> str:
-    """The ``pair`` value trials carry: ``<teacher>-<student>``."""
-    return f"{pair['teacher']}-{pair['student']}"
+    """The ``pair`` value trials carry: ``<teacher>-<student>`` (``study.layout.pair_label``)."""
+    return layout.pair_label(pair["teacher"], pair["student"])
 
 
 # -- the spec -----------------------------------------------------------------------------------------------------

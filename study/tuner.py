@@ -25,9 +25,9 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
+from .layout import OPTUNA_FILE, TERMINAL, experiment_trials
 from .resources import PendingTrialWarning
 from .spec import Spec, grid_columns, grid_rows, json_key, pair_label, teacher_folder
-from .state import OPTUNA_FILE, experiment_trials
 
 RESOURCE_KEYS = ("cpu", "gpu")
 
@@ -132,12 +132,12 @@ class StudyProgress(Callback):
               flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from .state import read_error
+        from .layout import read_error
 
         message = ""
         for folder in (trial.local_path, trial.path):
             if folder and not message:
-                message = read_error(folder)
+                message = read_error(folder) or ""
         print(f"[{self.stage_name}] {trial} ERROR ({self._params(trial)}): {message}", flush=True)
 
 
@@ -484,7 +484,7 @@ def reconcile_optuna(spec: Spec, stage: Stage, study_dir: Path, finished: bool =
     except KeyError:
         return 0
     trials = [] if finished else experiment_trials(Path(study_dir) / stage.name)
-    pending = [t["config"] for t in trials if t["status"] not in ("TERMINATED", "ERROR")]
+    pending = [t["config"] for t in trials if t["status"] not in TERMINAL]
     stale = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if any(_matches(trial.params, cfg) for cfg in pending):

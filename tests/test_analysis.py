@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from browser_check import chromium_path, image_probe
 
 from analysis import paper
 from analysis.curves import FigureResult, build_figures
@@ -80,12 +81,12 @@ def _last(stage: Path, metric: str) -> list[float]:
 
 
 # -- loading ----------------------------------------------------------------------------------------------------
-def test_analysis_never_imports_ray_or_trainables(study_dir: Path, tmp_path: Path) -> None:
+def test_analysis_never_imports_ray_torch_or_trainables(study_dir: Path, tmp_path: Path) -> None:
     code = (
         "import sys, json\n"
         "import analysis, analysis.load, analysis.tables, analysis.curves, analysis.report, analysis.paper\n"
         f"analysis.report.build_report({str(study_dir)!r}, {str(tmp_path / 'out')!r})\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'trainables'))\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'torch', 'trainables'))\n"
         "print(json.dumps(bad))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -103,7 +104,7 @@ def test_trials_table_states_and_history(study_dir: Path, budget_dir: Path) -> N
     assert dict(zip(trials["experiment"], trials["stage_kind"])) == {
         "search-ce": "search", "final-ce": "final", "search-kd": "search", "final-kd": "final"}
     assert trials.groupby("method").size().to_dict() == {"ce": 4, "kd": 4}
-    assert set(trials["pair"]) == {PAIR}
+    assert set(trials["pair"]) == {"resnet20-resnet8"}  # the on-disk label (study.layout.pair_label)
     assert sorted(trials[trials["experiment"] == "final-kd"]["seed"]) == [0, 1]
     assert study.optuna_dbs == [study_dir / "optuna.db"] and study.spec["name"] == "digits-study"
     for _, row in trials.iterrows():  # history: one row per reported epoch, values as in result.json
@@ -118,6 +119,45 @@ def test_trials_table_states_and_history(study_dir: Path, budget_dir: Path) -> N
     budget = load_study(budget_dir).trials.set_index("config/lr")
     assert budget.loc[1e12, "state"] == "errored" and budget.loc[0.05, "state"] == "terminated"
     assert "NonFiniteLossError: non-finite loss" in budget.loc[1e12, "error"]
+
+
+def _stage_names(study_dir: Path) -> list[str]:
+    return [s["name"] for s in json.loads((study_dir / "study.json").read_text())["stages"]]
+
+
+def test_study_dirs_of_today_read_through_layout(study_dir: Path, budget_dir: Path, tmp_path: Path) -> None:
+    """Dirs written by the real `study run`: status, the resume checks and the report read them through
+    study.layout; also with a study.json reduced to the keys every version wrote, and with an orphan folder."""
+    from study import layout
+    from study.runner import _hide_orphans
+    from study.state import status_table, trial_rows
+
+    rows = trial_rows(study_dir)
+    assert len(rows) == 8 and {r["state"] for r in rows} == {"TERMINATED"}
+    for row in rows:  # the experiment state's last results are the trials' own result.json
+        assert row["test/top1"] == pytest.approx(_results(Path(row["dir"]))[-1]["test/top1"])
+        assert row["best val/top1"] == pytest.approx(max(r["val/top1"] for r in _results(Path(row["dir"]))))
+    assert all(layout.all_finished(study_dir / name) for name in _stage_names(study_dir))
+    assert [r["state"] for r in trial_rows(budget_dir)].count("ERROR") == 1
+    assert "NonFiniteLossError" in status_table(budget_dir)
+
+    copy = shutil.copytree(study_dir, tmp_path / "old", ignore=shutil.ignore_patterns("checkpoint_*"))
+    manifest = json.loads((copy / "study.json").read_text())
+    (copy / "study.json").write_text(json.dumps({"name": manifest["name"], "stages": [
+        {k: s[k] for k in ("name", "kind", "method", "status")} for s in manifest["stages"]]}))
+    exp = copy / "final-kd"
+    orphan = exp / "kd_deadbeef"
+    shutil.copytree(layout.experiment_trials(exp)[0]["dir"], orphan)
+    assert layout.orphan_dirs(exp) == [orphan] and len(load_study(copy).trials) == 9  # analysis shows it
+    _hide_orphans(exp)  # what a resume does before restoring the stage
+    assert layout.orphan_dirs(exp) == [] and (exp / ".orphan-kd_deadbeef").is_dir()
+    assert all(layout.all_finished(copy / name) for name in _stage_names(copy))
+    assert len(trial_rows(copy)) == 8 and status_table(copy).count("TERMINATED") == 8
+    study = load_study(copy)
+    assert len(study.trials) == 8 and not study.problems
+    assert dict(zip(study.trials["experiment"], study.trials["stage_kind"]))["final-kd"] == "final"
+    build_report(copy, tmp_path / "out")
+    assert "Status: finished" in (tmp_path / "out" / "report.md").read_text()
 
 
 # -- tables -----------------------------------------------------------------------------------------------------
@@ -176,13 +216,16 @@ def test_best_per_method_and_search_table(study_dir: Path, budget_dir: Path) -> 
         assert best.loc[method, "n"] == 2
     search = tables["search_top_configs"].to_frame()
     assert search.groupby("method").size().to_dict() == {"ce": 2, "kd": 2}
+    assert set(search["pair"]) == {PAIR} and set(search["seeds"]) == {1}  # the search stages' trials only
     for _, group in search.groupby("method"):
         assert list(group["val top-1 (%)"]) == sorted(group["val top-1 (%)"], reverse=True)
     for key in ("table2_connector_depth", "table3_ablation", "table4_imagenet", "table5_teacher_head",
                 "online_vs_offline", "ckd_budget"):
         assert isinstance(tables[key], Skipped) and tables[key].reason
 
-    budget = {t.key: t for t in build_tables(load_study(budget_dir))}["ckd_budget"]
+    budget_tables = {t.key: t for t in build_tables(load_study(budget_dir))}
+    assert isinstance(budget_tables["search_top_configs"], Skipped)  # a grid is not a search
+    budget = budget_tables["ckd_budget"]
     assert isinstance(budget, Table) and budget.rows == ["300 images"] and budget.columns == ["kd"]
     finished = [p.parent for p in (budget_dir / "grid-kd").glob("*/params.json")
                 if not (p.parent / "error.txt").exists()]
@@ -208,8 +251,11 @@ def test_paper_numbers_beside_measured_ones(study_dir: Path) -> None:
     assert kd.paper == 73.33 and ce.paper == 72.50  # KD and student_ce rows of the paper's Table 1
     assert kd.diff == pytest.approx(kd.stat.mean - 73.33)
     assert table.paper_table == "table1"
-    md = table.to_markdown()
-    assert "paper 73.33 (Δ " in md and "paper 72.50 (Δ " in md
+    md, html = table.to_markdown(), table.to_html()
+    assert "paper" not in md.split("\n", 2)[2]  # compact cells: mean ± std; the paper on hover and in the CSV
+    assert f"{kd.stat.mean:.2f} ± {kd.stat.std:.2f}" in md and "(n=" not in md
+    assert "title='n=2 · paper 73.33 (Δ " in html and "title='n=2 · paper 72.50 (Δ " in html
+    assert any("paper" in note and "CSV" in note for note in table.notes)
     frame = table.to_frame().set_index("row")
     assert frame.loc["kd", "paper"] == 73.33 and frame.loc["kd", "diff"] == pytest.approx(kd.diff)
     assert any("cifar100" in note for note in table.notes)
@@ -438,51 +484,15 @@ def test_report_before_any_trial(tmp_path: Path) -> None:
 
 
 # -- the browser --------------------------------------------------------------------------------------------------
-_PROBE = """<script>window.addEventListener('load', function () {
-  var out = Array.prototype.slice.call(document.images).map(function (i) {
-    return {complete: i.complete, width: i.naturalWidth, height: i.naturalHeight}; });
-  var pre = document.createElement('pre'); pre.id = 'image-probe'; pre.textContent = JSON.stringify(out);
-  document.body.appendChild(pre);
-});</script>"""
-
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    subprocess.run(["bash", str(REPO / ".ci" / "install-chromium.sh")], check=False, timeout=900)
-    path = shutil.which("chromium")
-    if not path:
-        reason = "Chromium is not installed and .ci/install-chromium.sh could not install it (see its output)"
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
-    return path
-
-
-def _image_probe(chromium: str, page: Path, profile: Path) -> list[dict]:
-    probe = page.with_name(page.stem + ".probe.html")
-    probe.write_text(page.read_text().replace("</body>", _PROBE + "</body>"))
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    start = proc.stdout.find('<pre id="image-probe">')
-    assert start >= 0, "the page's load handler never ran"
-    body = proc.stdout[start + len('<pre id="image-probe">'):]
-    return json.loads(body[: body.index("</pre>")].replace("&quot;", '"'))
-
-
 def test_report_renders_in_headless_chromium(study_dir: Path, tmp_path: Path) -> None:
-    chromium = _chromium()
+    chromium = chromium_path()
     page = build_report(study_dir, tmp_path / "report")
-    images = _image_probe(chromium, page, tmp_path / "profile")
+    images = image_probe(chromium, page, tmp_path / "profile")
     assert len(images) == len(list((tmp_path / "report" / "figures").glob("*.png"))) >= 5
     for img in images:
         assert img["complete"] and img["width"] > 100 and img["height"] > 100, img
     # the probe can fail: a corrupted embedded image decodes to nothing
     broken = tmp_path / "broken.html"
     broken.write_text(page.read_text().replace("base64,iVBOR", "base64,AAAA", 1))
-    images = _image_probe(chromium, broken, tmp_path / "profile2")
+    images = image_probe(chromium, broken, tmp_path / "profile2")
     assert images[0]["width"] == 0 and all(i["width"] > 0 for i in images[1:])

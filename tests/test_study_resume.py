@@ -22,7 +22,7 @@ import optuna
 import pytest
 import yaml
 
-from study.state import experiment_trials, load_manifest, read_results
+from study.layout import experiment_trials, load_manifest, read_results
 
 pytestmark = [pytest.mark.slow]
 

@@ -17,10 +17,11 @@ import pytest
 from ray.tune import Callback
 
 from study.__main__ import main
+from study.layout import experiment_trials, load_manifest, read_results, save_manifest
 from study.runner import run_study
 from study.spaces import available_knobs
 from study.spec import validate
-from study.state import experiment_trials, load_manifest, read_results, save_manifest, status_table, trial_rows
+from study.state import status_table, trial_rows
 from trainables.config import allowed_keys
 from trainables.methods import get_method
 
