@@ -21,6 +21,8 @@ import pandas as pd
 from study import layout
 from study.layout import IDENTITY_KEYS, NON_CONFIG_KEYS, RAY_BOOKKEEPING
 
+from . import paper
+
 STATES = ("terminated", "running", "paused", "pending", "errored")
 """Trial states in the order the report lists them (Ray's TERMINATED/RUNNING/PAUSED/PENDING/ERROR)."""
 
@@ -212,6 +214,7 @@ def load_study(study_dir: str | Path) -> Study:
     if not trials.empty:
         kinds = layout.stage_kinds(root, problems)
         trials["stage_kind"] = [kinds.get(e) or _stage_kind_from_name(e) for e in trials["experiment"]]
+    trials = paper.with_method_info(trials, root)
     spec, spec_text = _read_spec(root, problems)
     dbs = sorted({*root.glob(layout.OPTUNA_FILE), *root.glob(f"*/{layout.OPTUNA_FILE}")})
     return Study(root=root, trials=trials, history=history, spec=spec, spec_text=spec_text, optuna_dbs=dbs,

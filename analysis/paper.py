@@ -2,13 +2,16 @@
 
 "Knowledge Distillation Under Ideal Joint Classifier Assumption" (arXiv 2304.11004), Tables 1-5. A measured
 cell gets a paper number when its method, teacher and student (and knob: connector depth, alpha_ce, loss
-combination) are the ones the paper printed. Method names map to the paper's labels case-insensitively
-(``kd`` -> ``KD``), except ``ce`` (the student trained alone: ``student_ce`` in Table 1, ``student`` in
-Table 4) and ``teacher_head`` (Table 3's ``ce_only`` row, Table 5's teacher-classifier column).
+combination) are the ones the paper printed. A method's label (declared in its file, written into the study's
+``study.json`` when the study starts, see ``study_methods``) maps to the paper's labels case-insensitively
+(``KD``), except ``ce`` (the student trained alone: ``student_ce`` in Table 1, ``student`` in Table 4) and
+``teacher_head`` (Table 3's ``ce_only`` row, Table 5's teacher-classifier column). Study dirs written before
+``study.json`` carried the methods fall back to matching the method name itself.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -39,6 +42,49 @@ LOSS_COMBINATIONS = {"sr": "ce+sr", "fm": "ce+fm", "sr+fm": "ce+sr+fm"}
 STUDENT_ALONE = {"table1": "student_ce", "table4": "student"}
 
 
+LEGACY_ORDER = ("teacher", "ce", "fitnet", "kd", "vid", "rkd", "pkt", "ofd", "crd", "wsld", "dkd", "srrl",
+                "simkd", "teacher_head", "ijckd", "offline", "online", "ckd")
+"""Row order for study dirs whose ``study.json`` has no ``methods`` entry (written before methods declared it).
+New methods never go here: their ``order`` travels in ``study.json``."""
+
+LABEL_COLUMN, ORDER_COLUMN = "method_label", "method_order"
+"""Trial columns ``with_method_info`` adds: each trial's method label and table order."""
+
+
+def study_methods(root: str | Path) -> dict[str, dict[str, Any]]:
+    """``{name: {label, order, ...}}`` from the study's ``study.json`` (empty for older study dirs)."""
+    try:
+        manifest = json.loads((Path(root) / "study.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    methods = manifest.get("methods") if isinstance(manifest, Mapping) else None
+    if not isinstance(methods, Mapping):
+        return {}
+    return {str(k): dict(v) for k, v in methods.items() if isinstance(v, Mapping)}
+
+
+def method_label(method: str, methods: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """The declared label of ``method`` (the name itself when the study dir does not say)."""
+    return str((methods or {}).get(method, {}).get("label") or method)
+
+
+def method_order(method: str, methods: Mapping[str, Mapping[str, Any]] | None = None) -> float:
+    """The declared row order of ``method``; older study dirs use ``LEGACY_ORDER`` (unknown methods last)."""
+    order = (methods or {}).get(method, {}).get("order")
+    if isinstance(order, int | float) and not isinstance(order, bool):
+        return float(order)
+    return float(LEGACY_ORDER.index(method) * 10) if method in LEGACY_ORDER else math.inf
+
+
+def with_method_info(trials: pd.DataFrame, root: str | Path) -> pd.DataFrame:
+    """``trials`` with each trial's method label and order as columns (read from the study dir)."""
+    methods = study_methods(root)
+    names = trials["method"] if "method" in trials else pd.Series([None] * len(trials), index=trials.index)
+    trials[LABEL_COLUMN] = [method_label(str(m), methods) if isinstance(m, str) else None for m in names]
+    trials[ORDER_COLUMN] = [method_order(str(m), methods) if isinstance(m, str) else math.inf for m in names]
+    return trials
+
+
 @cache
 def paper_table(name: str) -> pd.DataFrame:
     """One of the shipped paper tables (``table1`` .. ``table5``) as a frame."""
@@ -47,15 +93,18 @@ def paper_table(name: str) -> pd.DataFrame:
     return pd.read_csv(PAPER_DIR / FILES[name], dtype={"setting": str})
 
 
-def paper_method(method: str | None, table: str = "table1") -> str | None:
-    """The paper's label for one of our method names in ``table`` (None when the paper has no such row)."""
+def paper_method(method: str | None, table: str = "table1", label: str | None = None) -> str | None:
+    """The paper's row for one of our methods in ``table`` (None when the paper has no such row).
+
+    ``label``: the method's declared label; without it the method name is matched (older study dirs).
+    """
     if not method:
         return None
     if method == "ce":
         return STUDENT_ALONE.get(table)
     labels = set(paper_table(table)["method"]) if "method" in paper_table(table).columns else set()
     by_lower = {label.lower(): label for label in labels}
-    return by_lower.get(str(method).lower())
+    return by_lower.get(str(label or method).lower())
 
 
 def connector_label(depth: Any) -> str:
@@ -77,8 +126,9 @@ def _pair(frame: pd.DataFrame, teacher: str | None, student: str | None) -> pd.D
     return out[out["teacher"] == teacher] if teacher is not None else out
 
 
-def table1(method: str | None, teacher: str | None, student: str | None) -> float | None:
-    label = paper_method(method, "table1")
+def table1(method: str | None, teacher: str | None, student: str | None, declared: str | None = None) -> float | None:
+    """``declared``: the method's declared label (see ``paper_method``)."""
+    label = paper_method(method, "table1", declared)
     if label is None:
         return None
     rows = paper_table("table1")
@@ -90,8 +140,9 @@ def table1(method: str | None, teacher: str | None, student: str | None) -> floa
     return _one(_pair(rows, teacher, student))
 
 
-def table2(method: str | None, depth: Any, teacher: str | None, student: str | None) -> float | None:
-    label = paper_method(method, "table2")
+def table2(method: str | None, depth: Any, teacher: str | None, student: str | None,
+           declared: str | None = None) -> float | None:
+    label = paper_method(method, "table2", declared)
     rows = paper_table("table2")
     rows = rows[(rows["method"] == label) & (rows["connector"] == connector_label(depth))]
     return _one(_pair(rows, teacher, student))
@@ -113,8 +164,9 @@ def table3(setting: str, value: Any, teacher: str | None, student: str | None) -
     return _one(rows[(numeric - wanted).abs() < 1e-9])
 
 
-def table4(method: str | None, teacher: str | None, student: str | None, metric: str = "top1") -> float | None:
-    label = paper_method(method, "table4")
+def table4(method: str | None, teacher: str | None, student: str | None, metric: str = "top1",
+           declared: str | None = None) -> float | None:
+    label = paper_method(method, "table4", declared)
     rows = paper_table("table4")
     rows = rows[rows["method"] == label]
     if label == "teacher":
@@ -133,11 +185,15 @@ def paper_pairs(name: str) -> set[tuple[str, str]]:
     return set(zip(frame["teacher"], frame["student"]))
 
 
-def reproduced_tables(methods: Iterable[str], pairs: Iterable[tuple[str, str]], knobs: Iterable[str]) -> list[str]:
-    """Which paper tables a study with these methods, teacher-student pairs and varied knobs reproduces."""
-    methods, pairs, knobs = set(methods), set(pairs), set(knobs)
+def reproduced_tables(methods: Iterable[str], pairs: Iterable[tuple[str, str]], knobs: Iterable[str],
+                      labels: Mapping[str, str] | None = None) -> list[str]:
+    """Which paper tables a study with these methods, teacher-student pairs and varied knobs reproduces.
+
+    ``labels``: the methods' declared labels (``{name: label}``; names are matched where it has none).
+    """
+    methods, pairs, knobs, labels = set(methods), set(pairs), set(knobs), dict(labels or {})
     out = []
-    t1 = {(paper_method(m, "table1"), t, s) for m in methods for t, s in pairs}
+    t1 = {(paper_method(m, "table1", labels.get(m)), t, s) for m in methods for t, s in pairs}
     if t1 & set(zip(*(paper_table("table1")[c] for c in ("method", "teacher", "student")))):
         out.append("table1")
     if "connector_depth" in knobs and pairs & paper_pairs("table2") and methods & {"simkd", "ijckd"}:
@@ -145,7 +201,7 @@ def reproduced_tables(methods: Iterable[str], pairs: Iterable[tuple[str, str]], 
     if (knobs & {"alpha_ce", "loss_combination"} and pairs & paper_pairs("table3")
             and methods & {"ijckd", "teacher_head"}):
         out.append("table3")
-    t4 = {(paper_method(m, "table4"), t, s) for m in methods for t, s in pairs}
+    t4 = {(paper_method(m, "table4", labels.get(m)), t, s) for m in methods for t, s in pairs}
     if t4 & set(zip(*(paper_table("table4")[c] for c in ("method", "teacher", "student")))):
         out.append("table4")
     if "teacher_head" in methods and pairs & paper_pairs("table5"):

@@ -25,7 +25,16 @@ from . import paper
 from .curves import FigureResult, build_figures
 from .load import STATES, Study, load_study
 from .render import DASH, records_frame, to_html, to_markdown
-from .tables import AnyTable, Skipped, build_tables, fmt_config, ordered_methods, trial_config, write_table
+from .tables import (
+    AnyTable,
+    Skipped,
+    build_tables,
+    fmt_config,
+    method_labels,
+    ordered_methods,
+    trial_config,
+    write_table,
+)
 
 _CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; max-width: 1150px; margin: 2em auto;
@@ -125,7 +134,7 @@ def _overview(doc: _Doc, study: Study) -> None:
         f"Trials: {len(trials)} ({', '.join(f'{counts[s]} {s}' for s in STATES if counts.get(s))})"
         if len(trials) else "Trials: none found",
         f"Data set: {', '.join(datasets) or DASH}",
-        f"Methods: {', '.join(ordered_methods(trials)) if not trials.empty else DASH}",
+        f"Methods: {_methods_text(trials) if not trials.empty else DASH}",
         f"Teacher → student pairs: {', '.join(pairs) or DASH}",
         f"Epochs per trial: {', '.join(epochs) or DASH}",
         f"Searched or varied keys: {', '.join(study.knobs()) or 'none'}",
@@ -141,6 +150,12 @@ def _overview(doc: _Doc, study: Study) -> None:
              "CSV. Bold marks the best cell of a column.", cls="note")
 
 
+def _methods_text(trials: pd.DataFrame) -> str:
+    """The study's methods in table order, each with its declared label: ``KD (kd)``."""
+    labels = method_labels(trials)
+    return ", ".join(m if labels[m] == m else f"{labels[m]} ({m})" for m in ordered_methods(trials))
+
+
 def _reproduced(study: Study) -> list[str]:
     trials = study.trials
     if trials.empty:
@@ -148,7 +163,7 @@ def _reproduced(study: Study) -> list[str]:
     else:
         pairs = {(t, s) for t, s in zip(trials["teacher"], trials["student"]) if isinstance(t, str)
                  and isinstance(s, str)}
-        out = paper.reproduced_tables(set(trials["method"].dropna()), pairs, study.knobs())
+        out = paper.reproduced_tables(set(trials["method"].dropna()), pairs, study.knobs(), method_labels(trials))
     if study.spec:
         out += paper.paper_tables_for_spec(study.spec)
     return list(dict.fromkeys(out))

@@ -35,9 +35,6 @@ TEACHER_ONLY = frozenset({"teacher"})
 """Methods that train the teacher architecture alone (no student)."""
 STUDENT_ALONE = frozenset({"ce"})
 """Methods that train the student alone: they belong to every pair with their student."""
-METHOD_ORDER = ("teacher", "ce", "fitnet", "kd", "vid", "rkd", "pkt", "ofd", "crd", "wsld", "dkd", "srrl",
-                "simkd", "teacher_head", "ijckd", "offline", "online", "ckd")
-"""Row order of methods (the paper's order; unknown methods follow alphabetically)."""
 
 
 # -- statistics and selection ---------------------------------------------------------------------------------
@@ -330,12 +327,23 @@ def _has(values: pd.Series) -> pd.Series:
     return _where(values, _present)
 
 
-def method_sort_key(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), str(method))
-
-
 def ordered_methods(trials: pd.DataFrame) -> list[str]:
-    return sorted({str(m) for m in trials["method"].dropna()}, key=method_sort_key)
+    """The study's methods in table order: each method's declared ``order`` (see ``paper.with_method_info``),
+    ties and undeclared methods by name."""
+    orders = {m: paper.method_order(m) for m in (str(m) for m in trials["method"].dropna())}
+    if paper.ORDER_COLUMN in trials.columns:
+        given = trials[["method", paper.ORDER_COLUMN]].dropna().drop_duplicates("method")
+        orders.update({str(m): float(o) for m, o in zip(given["method"], given[paper.ORDER_COLUMN])})
+    return sorted(orders, key=lambda m: (orders[m], m))
+
+
+def method_labels(trials: pd.DataFrame) -> dict[str, str]:
+    """``{method: declared label}`` of the study's methods (the name where the study dir does not say)."""
+    labels = {str(m): str(m) for m in trials["method"].dropna()}
+    if paper.LABEL_COLUMN in trials.columns:
+        given = trials[["method", paper.LABEL_COLUMN]].dropna().drop_duplicates("method")
+        labels.update({str(m): str(label) for m, label in zip(given["method"], given[paper.LABEL_COLUMN])})
+    return labels
 
 
 def study_pairs(trials: pd.DataFrame) -> list[tuple[Any, str]]:
@@ -433,7 +441,7 @@ def table1_methods_by_pair(study: Study) -> Table | Skipped:
     unbudgeted = trials[~_has(_column(trials, "teacher_budget"))]
     trials = unbudgeted if not unbudgeted.empty else trials  # Table 1 is the full-data setting
     pairs = study_pairs(trials)
-    methods = ordered_methods(trials)
+    methods, labels = ordered_methods(trials), method_labels(trials)
     cols = [pair_display(t, s) for t, s in pairs]
     table = Table("table1_methods_by_pair", title,
                   "Each cell: test top-1 of the configuration selected on val/top1, mean ± std over seeds (n); "
@@ -442,7 +450,7 @@ def table1_methods_by_pair(study: Study) -> Table | Skipped:
     for m in methods:
         for (t, s), col in zip(pairs, cols):
             sel = select(cell_trials(trials, m, t, s))
-            ref = paper.table1(m, t if _present(t) else None, s)
+            ref = paper.table1(m, t if _present(t) else None, s, labels.get(m))
             if sel is not None or ref is not None and m in set(trials["method"]):
                 _fill(table, m, col, sel, REPORT_METRIC, ref)
     return _finish(table, study, "table1")
@@ -464,13 +472,15 @@ def table2_connector_depth(study: Study) -> Table | Skipped:
     multi_pair = len({(t, s) for _, t, s in combos}) > 1
     cols = [f"{m} ({pair_display(t, s)})" if multi_pair else m for m, t, s in combos]
     rows = [f"{d}: {paper.connector_label(d)}" for d in depths]
+    labels = method_labels(trials)
     table = Table(key, title, "Rows: connector_depth and its layers. Each cell: test top-1 of the configuration "
                   "selected on val/top1 at that depth, mean ± std over seeds (n); best depth per column in bold.",
                   "connector", rows, cols, {})
     for d, row in zip(depths, rows):
         at_depth = trials[_where(trials["config/connector_depth"], lambda v, d=d: _same(v, d))]
         for (m, t, s), col in zip(combos, cols):
-            _fill(table, row, col, select(cell_trials(at_depth, m, t, s)), REPORT_METRIC, paper.table2(m, d, t, s))
+            _fill(table, row, col, select(cell_trials(at_depth, m, t, s)), REPORT_METRIC,
+                  paper.table2(m, d, t, s, labels.get(m)))
     return _finish(table, study, "table2")
 
 
@@ -535,7 +545,7 @@ def table4_imagenet(study: Study) -> Table | Skipped:
         return Skipped(key, title, "not an ImageNet study (no imagenet data set and no pair of the paper's Table 4)")
     if trials.empty:
         return Skipped(key, title, "no trial has finished all its epochs yet")
-    methods = ordered_methods(trials)
+    methods, labels = ordered_methods(trials), method_labels(trials)
     cols, specs = [], []
     for t, s in pairs:
         for metric, short in (("test/top1", "top-1"), ("test/top5", "top-5")):
@@ -547,7 +557,8 @@ def table4_imagenet(study: Study) -> Table | Skipped:
     for m in methods:
         for (t, s, metric), col in zip(specs, cols):
             sel = select(cell_trials(trials, m, t, s), metrics=("test/top1", "test/top5"))
-            _fill(table, m, col, sel, metric, paper.table4(m, t if _present(t) else None, s, metric[-4:]))
+            _fill(table, m, col, sel, metric,
+                  paper.table4(m, t if _present(t) else None, s, metric[-4:], labels.get(m)))
     return _finish(table, study, "table4")
 
 

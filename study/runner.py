@@ -91,9 +91,17 @@ def init_study(spec: Spec, study_dir: Path) -> dict[str, Any]:
         "layout": 1,
         "stages": [{**s.as_dict(), "status": "pending"} for s in plan(spec)],
         "teachers": {},
+        "methods": _method_catalogue(spec),
     }
     save_manifest(study_dir, manifest)
     return manifest
+
+
+def _method_catalogue(spec: Spec) -> dict[str, dict[str, Any]]:
+    """Label and table order of the study's methods, so ``analysis`` needs no ``trainables`` import."""
+    from trainables.methods import catalogue
+
+    return catalogue(dict.fromkeys(["teacher", *spec.methods]))
 
 
 def _hide_orphans(exp_dir: Path) -> None:

@@ -1,5 +1,7 @@
 """``python -m trainables key=value ... --out DIR``: one trial without Ray, for debugging.
 
+``python -m trainables docs [--check]`` regenerates (checks) the README's method tables instead.
+
 Values are parsed as YAML scalars (``epochs=3``, ``amp=off``, ``lr_milestones=[2,4]``). ``--resume``
 continues from ``DIR/checkpoint`` when it exists.
 """
@@ -29,6 +31,11 @@ def parse_assignments(items: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["docs"]:
+        from .docs import main as docs_main
+
+        return docs_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m trainables", description=__doc__)
     parser.add_argument("assignments", nargs="*", help="config key=value pairs (see README 'Config keys')")
     parser.add_argument("--out", default="runs/debug", help="run folder (metrics, checkpoint, artifacts)")

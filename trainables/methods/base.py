@@ -6,17 +6,19 @@ holds: the student plus any extra modules it declares (a connector, a regressor)
 outside the module tree (see ``trainables.teacher.TeacherSource``): a method asks it for the outputs of a
 batch (``self.teacher.outputs(batch)``) and says how it reads the teacher in ``teacher_plan``.
 
-Registering::
+Registering (the declaration, see ``trainables.params``, is the whole contract with the rest of the
+platform: validation, search space, docs and report labels come from it)::
 
     @register_method
     class KD(Method):
-        name = "kd"
-        defaults = {"ce_weight": 1.0, "kd_weight": 1.0, "temperature": 4.0}
+        name, label, order, source = "kd", "KD", 30, "Hinton et al. 2015"
+        params = (Param("temperature", float, 4.0, gt=0, search=Float(1.0, 8.0)), ...)
 
-        def losses(self, batch, epoch):
+        def training_step(self, batch, epoch):
             ...
 
-Adding a method touches its own file only: ``trainables.methods`` imports every module in the package.
+Adding a method touches its own file only: ``trainables.methods`` imports every module in the package, and a
+method defined anywhere else only has to be imported before a config names it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch import nn
 
 from ..data import Batch
 from ..errors import ConfigError, unknown_choice
+from ..params import Param, check_declaration, defaults_of
 from ..teacher import TeacherPlan, TeacherSource
 
 
@@ -58,11 +61,21 @@ class Method(nn.Module):
     """Base class: plain cross-entropy on the student, predicting with the student's own head."""
 
     name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    """The method's name in papers and reports (``KD``, ``SimKD``)."""
+    order: ClassVar[int] = 1000
+    """Row order in tables (the paper's order; methods with equal order follow by name)."""
+    source: ClassVar[str] = ""
+    """Where the method and its defaults come from (paper, official code)."""
+    params: ClassVar[tuple[Param, ...]] = ()
+    """Every config key of the method, with type, default, allowed values and search distribution."""
+    search_space: ClassVar[Any] = None
+    """``FIXED`` when no param is searched (a search then tunes only lr and weight_decay)."""
     defaults: ClassVar[dict[str, Any]] = {}
+    """Derived from ``params`` at registration."""
     needs_teacher: ClassVar[bool] = True
     model_key: ClassVar[str] = "student"
     """Which config key names the architecture that trains (the ``teacher`` method trains ``teacher``)."""
-    summary: ClassVar[str] = ""
     uses_teacher_store: ClassVar[bool] = False
     """True when the method reads the teacher only through ``teacher.outputs(batch)`` for logits (or the
     last feature map), so ``teacher_store: true`` can serve it from per-example stored outputs."""
@@ -141,11 +154,14 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: make ``cls`` available under ``cls.name`` with ``cls.defaults``."""
-    if not cls.name:
-        raise TypeError(f"{cls.__qualname__} needs a non-empty class attribute 'name'")
+    """Class decorator: check the declaration and make ``cls`` available under ``cls.name``.
+
+    Raises ``DeclarationError`` (a ``TypeError``) for an incomplete declaration, e.g. no search space.
+    """
+    check_declaration(cls)
     if cls.name in METHODS and METHODS[cls.name] is not cls:
         raise TypeError(f"method '{cls.name}' registered twice ({METHODS[cls.name].__qualname__}, {cls.__qualname__})")
+    cls.defaults = defaults_of(cls.params)
     METHODS[cls.name] = cls
     return cls
 

@@ -33,18 +33,13 @@ import torch.nn.functional as F
 from ..data import Batch
 from ..errors import ConfigError
 from ..losses import kd_loss
+from ..params import Choice, Float, Param
 from ..teacher import TeacherPlan
 from ..teacher.budget import validate_budget
-from .base import Method, StepResult, check_choice, check_positive, register_method
+from .base import Method, StepResult, register_method
 
 CKD_FORMS = ("kl", "mse")
 CKD_ANCHORS = ("teacher_mean", "none")
-
-
-def check_int(cfg: Mapping[str, Any], key: str, minimum: int) -> None:
-    value = cfg.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
 
 
 def comparative_differences(values: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -71,28 +66,23 @@ def ckd_terms(
 
 @register_method
 class CKD(Method):
-    name = "ckd"
-    defaults = {
-        "ckd_group_size": 2,
-        "ckd_beta": 1.0,
-        "ckd_loss": "kl",
-        "temperature": 4.0,
-        "ckd_anchor": "teacher_mean",
-    }
-    summary = "comparative KD on differences between samples, teacher logits cached once per image"
+    name, label, order = "ckd", "CKD", 170
+    source = "Wilf et al., arXiv 2311.02253"
+    params = (
+        Param("ckd_group_size", int, 2, ge=2, search=Choice((2, 3)), doc="k: samples per comparison group"),
+        Param("ckd_beta", float, 1.0, ge=0, search=Float(0.1, 10.0, log=True), doc="weight of the teacher term"),
+        Param("temperature", float, 4.0, gt=0, search=Float(1.0, 8.0), doc="softmax temperature (kl form)"),
+        Param("ckd_loss", str, "kl", choices=CKD_FORMS, doc="kl (first version) or mse (later version)"),
+        Param("ckd_anchor", str, "teacher_mean", choices=CKD_ANCHORS, doc="how the free logit offset is set"),
+    )
 
     @staticmethod
     def validate_config(cfg: Mapping[str, Any]) -> None:
-        check_int(cfg, "ckd_group_size", 2)
-        if int(cfg["ckd_group_size"]) > int(cfg["batch_size"]):
+        if cfg["ckd_group_size"] > cfg["batch_size"]:
             raise ConfigError(
                 f"ckd_group_size {cfg['ckd_group_size']} exceeds batch_size {cfg['batch_size']}; "
                 "a batch must hold at least one group"
             )
-        check_positive(cfg, "ckd_beta")
-        check_positive(cfg, "temperature", allow_zero=False)
-        check_choice("ckd_loss", cfg.get("ckd_loss"), CKD_FORMS)
-        check_choice("ckd_anchor", cfg.get("ckd_anchor"), CKD_ANCHORS)
         validate_budget(cfg)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch.nn.functional as F
 
 from ..data import Batch
 from ..losses import dkd_loss
-from .base import Method, StepResult, check_positive, register_method
+from ..params import Float, Param
+from .base import Method, StepResult, register_method
 
 
 @register_method
@@ -20,15 +18,16 @@ class DKD(Method):
     epochs are counted from 1 in the warm-up factor, as there.
     """
 
-    name = "dkd"
-    defaults = {"ce_weight": 1.0, "dkd_alpha": 1.0, "dkd_beta": 8.0, "temperature": 4.0, "warmup_epochs": 20}
-    summary = "decoupled KD: target (TCKD) and non-target (NCKD) terms with linear warm-up"
+    name, label, order = "dkd", "DKD", 100
+    source = "Zhao et al., CVPR 2022; defaults of mdistiller's CIFAR-100 config"
+    params = (
+        Param("dkd_alpha", float, 1.0, ge=0, search=Float(0.5, 2.0), doc="weight of TCKD (target class)"),
+        Param("dkd_beta", float, 8.0, ge=0, search=Float(1.0, 10.0), doc="weight of NCKD (non-target classes)"),
+        Param("temperature", float, 4.0, gt=0, search=Float(1.0, 8.0), doc="softmax temperature"),
+        Param("ce_weight", float, 1.0, ge=0, doc="weight of the cross-entropy"),
+        Param("warmup_epochs", float, 20, ge=0, doc="epochs of linear warm-up of the KD terms"),
+    )
     uses_teacher_store = True
-
-    @staticmethod
-    def validate_config(cfg: Mapping[str, Any]) -> None:
-        check_positive(cfg, "ce_weight", "dkd_alpha", "dkd_beta", "warmup_epochs")
-        check_positive(cfg, "temperature", allow_zero=False)
 
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
         logits = self.student(batch.x)

@@ -8,7 +8,7 @@ The hint sits at the middle stage of each network (``hint_stage: middle``) or at
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,8 @@ from torch import nn
 from ..data import Batch
 from ..errors import ConfigError
 from ..losses import feature_mse
-from .base import Method, MethodContext, StepResult, check_positive, register_method
+from ..params import Float, Param
+from .base import Method, MethodContext, StepResult, register_method
 
 
 class HintRegressor(nn.Module):
@@ -54,19 +55,14 @@ def pick_stage(stages: list[torch.Tensor], choice: Any) -> int:
 
 @register_method
 class FitNet(Method):
-    name = "fitnet"
-    defaults = {"ce_weight": 1.0, "hint_weight": 100.0, "hint_stage": "middle"}
-    summary = "FitNets hint loss on an intermediate stage through a regressor"
-
-    @staticmethod
-    def validate_config(cfg: Mapping[str, Any]) -> None:
-        check_positive(cfg, "ce_weight", "hint_weight")
-        stage = cfg.get("hint_stage", "middle")
-        if stage != "middle":
-            try:
-                int(stage)
-            except (TypeError, ValueError):
-                raise ConfigError(f"hint_stage must be 'middle' or an integer, got '{stage}'") from None
+    name, label, order = "fitnet", "FitNet", 20
+    source = "Romero et al., ICLR 2015; single-stage form of RepDistiller/mdistiller"
+    params = (
+        Param("hint_weight", float, 100.0, ge=0, search=Float(10.0, 1000.0, log=True), doc="weight of the hint MSE"),
+        Param("ce_weight", float, 1.0, ge=0, doc="weight of the cross-entropy"),
+        Param("hint_stage", (Literal["middle"], int), "middle", allowed="'middle' or an integer",
+              doc="stage of both networks the hint sits at (negative counts from the end)"),
+    )
 
     def __init__(self, student: nn.Module, teacher: Any, cfg: Mapping[str, Any], ctx: MethodContext) -> None:
         super().__init__(student, teacher, cfg, ctx)

@@ -24,29 +24,46 @@ import torch.nn.functional as F
 
 from ..data import Batch
 from ..errors import ConfigError
-from .base import StepResult, check_choice, register_method
-from .softmax_regression import FAMILY_DEFAULTS, SoftmaxRegressionMethod, mse
+from ..params import Choice, Float, Includes, Param
+from .base import StepResult, register_method
+from .softmax_regression import (
+    ALPHA,
+    ALPHA_CE,
+    BETA,
+    CONNECTOR_PARAMS,
+    OUTPUT_PARAMS,
+    SoftmaxRegressionMethod,
+    mse,
+)
 
 LOSS_COMBINATIONS = ("sr", "fm", "sr+fm")
 
 
 @register_method
 class IJCKD(SoftmaxRegressionMethod):
-    name = "ijckd"
-    defaults = {**FAMILY_DEFAULTS, "loss_combination": "sr", "alpha_ce": 1.0, "alpha": 1.0, "beta": 1.0}
-    summary = "IJCKD: CE + SR and/or FM through the teacher's frozen classifier (ideal joint classifier)"
+    """CE + SR and/or FM through the teacher's frozen classifier (the ideal joint classifier)."""
+
+    name, label, order = "ijckd", "IJCKD", 140
+    source = "Li et al., arXiv 2304.11004"
+    params = (
+        ALPHA_CE.replace(search=Float(0.0, 1.0), doc="CE weight through the teacher head"),
+        Param("loss_combination", str, "sr", choices=LOSS_COMBINATIONS, search=Choice(LOSS_COMBINATIONS),
+              doc="which terms train besides CE"),
+        ALPHA.replace(when=Includes("loss_combination", "sr"), doc="sr weight (only with sr)"),
+        BETA.replace(when=Includes("loss_combination", "fm"), doc="fm weight (only with fm)"),
+        *CONNECTOR_PARAMS,
+        *OUTPUT_PARAMS,
+    )
 
     @staticmethod
     def validate_config(cfg: Mapping[str, Any]) -> None:
-        SoftmaxRegressionMethod.validate_connector_keys(cfg)
-        check_choice("loss_combination", cfg.get("loss_combination", "sr"), LOSS_COMBINATIONS)
-        terms = {"alpha_ce": cfg.get("alpha_ce", 1.0)}
-        combination = cfg.get("loss_combination", "sr")
+        combination = cfg["loss_combination"]
+        terms = {"alpha_ce": cfg["alpha_ce"]}
         if "sr" in combination.split("+"):
-            terms["alpha"] = cfg.get("alpha", 1.0)
+            terms["alpha"] = cfg["alpha"]
         if "fm" in combination.split("+"):
-            terms["beta"] = cfg.get("beta", 1.0)
-        if all(float(v) == 0 for v in terms.values()):
+            terms["beta"] = cfg["beta"]
+        if all(v == 0 for v in terms.values()):
             raise ConfigError(
                 f"ijckd with loss_combination '{combination}' trains nothing: "
                 f"at least one of {', '.join(terms)} must be > 0"

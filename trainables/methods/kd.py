@@ -14,24 +14,27 @@ import torch.nn.functional as F
 
 from ..data import Batch
 from ..losses import kd_loss
+from ..params import Float, Param
 from ..teacher import TeacherPlan
 from ..teacher.budget import validate_budget
-from .base import Method, StepResult, check_positive, register_method
+from .base import Method, StepResult, register_method
 
 
 @register_method
 class KD(Method):
     """``ce_weight * CE + kd_weight * T^2 * KL(p_t || p_s)`` (KL summed over classes, batch mean)."""
 
-    name = "kd"
-    defaults = {"ce_weight": 1.0, "kd_weight": 1.0, "temperature": 4.0}
-    summary = "Hinton KD: CE + T^2 KL(teacher || student)"
+    name, label, order = "kd", "KD", 30
+    source = "Hinton et al., 2015 (arXiv 1503.02531)"
+    params = (
+        Param("temperature", float, 4.0, gt=0, search=Float(1.0, 8.0), doc="softmax temperature"),
+        Param("kd_weight", float, 1.0, ge=0, search=Float(0.1, 10.0, log=True), doc="weight of the KL term"),
+        Param("ce_weight", float, 1.0, ge=0, search=Float(0.1, 1.0), doc="weight of the cross-entropy"),
+    )
     uses_teacher_store = True
 
     @staticmethod
     def validate_config(cfg: Mapping[str, Any]) -> None:
-        check_positive(cfg, "ce_weight", "kd_weight")
-        check_positive(cfg, "temperature", allow_zero=False)
         validate_budget(cfg)
 
     @classmethod

@@ -19,36 +19,30 @@ import torch.nn.functional as F
 
 from ..data import Batch
 from ..diagnostics.complexity import SC_KERNELS, check_sc_settings
-from ..errors import ConfigError
 from ..losses import kd_loss
+from ..params import ANY, Float, Int, Param
 from ..teacher import TeacherPlan
 from ..teacher.trajectory import TrajectorySchedule, kept_checkpoints
-from .base import Method, StepResult, check_choice, check_positive, register_method
+from .base import Method, StepResult, register_method
 
-SC_DEFAULTS: dict[str, Any] = {"sc_every": 0, "sc_n": 256, "sc_kernel": "per_logit", "sc_ridge": 1e-6}
-
-
-def check_int(cfg: Mapping[str, Any], key: str, minimum: int, allow_none: bool = False) -> None:
-    value = cfg.get(key)
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        extra = " or null" if allow_none else ""
-        raise ConfigError(f"{key} must be an integer >= {minimum}{extra}, got {value!r}")
+TEMPERATURE = Param("temperature", float, 1.0, gt=0, search=Float(1.0, 8.0), doc="softmax temperature")
+SC_PARAMS = (
+    Param("sc_every", int, 0, ge=0, doc="log supervision complexity every N epochs (0: never)"),
+    Param("sc_n", int, 256, ge=2, doc="training images the complexity is measured on"),
+    Param("sc_kernel", str, "per_logit", choices=SC_KERNELS, doc="which NTK Gram matrix the complexity uses"),
+    Param("sc_ridge", float, 1e-6, ge=0, doc="ridge added to the Gram matrix"),
+)
 
 
 class TrajectoryDistillation(Method):
     """Shared loss and supervision-complexity keys of ``online`` and ``offline`` (not registered)."""
 
-    defaults: dict[str, Any] = {"ce_weight": 0.0, "temperature": 1.0, **SC_DEFAULTS}
-
-    @staticmethod
-    def validate_config(cfg: Mapping[str, Any]) -> None:
-        check_positive(cfg, "ce_weight", "sc_ridge")
-        check_positive(cfg, "temperature", allow_zero=False)
-        check_int(cfg, "sc_every", 0)
-        check_int(cfg, "sc_n", 2)
-        check_choice("sc_kernel", cfg.get("sc_kernel"), SC_KERNELS)
+    source = "Harutyunyan et al., ICLR 2023"
+    params = (
+        TEMPERATURE,
+        Param("ce_weight", float, 0.0, ge=0, doc="weight of the cross-entropy (0: pure distillation)"),
+        *SC_PARAMS,
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -66,27 +60,26 @@ class TrajectoryDistillation(Method):
 
 @register_method
 class Offline(TrajectoryDistillation):
-    name = "offline"
-    defaults = dict(TrajectoryDistillation.defaults)
-    summary = "pure distillation (T^2 KL, optional CE) from the final teacher throughout"
+    """Pure distillation (T^2 KL, optional CE) from the final teacher throughout."""
+
+    name, label, order = "offline", "offline KD", 150
 
 
 @register_method
 class Online(TrajectoryDistillation):
-    name = "online"
-    defaults = {
-        **TrajectoryDistillation.defaults,
-        "teacher_trajectory": None,
-        "switch_every": 1,
-        "num_checkpoints": None,
-    }
-    summary = "online distillation: the teacher advances along its checkpoint trajectory"
+    """Online distillation: the teacher advances along its checkpoint trajectory."""
+
+    name, label, order = "online", "online KD", 160
+    params = (
+        Param("switch_every", int, 1, ge=1, search=Int(1, 10), doc="epochs between teacher switches"),
+        *TrajectoryDistillation.params,
+        Param("teacher_trajectory", ANY, None, allowed="a folder or null",
+              doc="the teacher's epoch_XXXX.pt files (default: teacher_checkpoint's folder)"),
+        Param("num_checkpoints", int, None, ge=2, doc="use this many checkpoints, evenly spaced (null: all)"),
+    )
 
     @staticmethod
     def validate_config(cfg: Mapping[str, Any]) -> None:
-        TrajectoryDistillation.validate_config(cfg)
-        check_int(cfg, "switch_every", 1)
-        check_int(cfg, "num_checkpoints", 2, allow_none=True)
         kept_checkpoints(cfg)  # the folder, its epoch files and the final teacher must exist now
 
     @classmethod

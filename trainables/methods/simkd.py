@@ -9,25 +9,20 @@ paper's Table 1 reproduction uses ``connector_depth: 1``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 
 from ..data import Batch
 from .base import StepResult, register_method
-from .softmax_regression import FAMILY_DEFAULTS, SoftmaxRegressionMethod
+from .softmax_regression import CONNECTOR_DEPTH, CONNECTOR_FACTOR, OUTPUT_PARAMS, SoftmaxRegressionMethod
 
 
 @register_method
 class SimKD(SoftmaxRegressionMethod):
-    name = "simkd"
-    defaults = {**FAMILY_DEFAULTS, "connector_depth": 3}
-    summary = "SimKD: feature MSE only; predicts through the connector and the teacher's frozen classifier"
+    """Feature MSE only; predicts through the connector and the teacher's frozen classifier."""
 
-    @staticmethod
-    def validate_config(cfg: Mapping[str, Any]) -> None:
-        SoftmaxRegressionMethod.validate_connector_keys(cfg)
+    name, label, order = "simkd", "SimKD", 120
+    source = "Chen et al., CVPR 2022"
+    params = (CONNECTOR_DEPTH.replace(default=3), CONNECTOR_FACTOR, *OUTPUT_PARAMS)
 
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
         mapped = self.to_teacher_space(self.student.forward_features(batch.x))

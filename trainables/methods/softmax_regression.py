@@ -30,8 +30,9 @@ from torch import nn
 
 from ..connectors import CONNECTOR_DEPTHS, FM_MODES, Connector, align_target, build_connector
 from ..errors import ConfigError
+from ..params import Choice, Equals, Float, Param
 from ..teacher import TeacherSource
-from .base import Method, MethodContext, check_choice, check_positive
+from .base import Method, MethodContext
 
 MSE_REDUCTIONS = ("mean", "batchmean")
 EXPORT_DIR = "export"
@@ -153,19 +154,6 @@ class SoftmaxRegressionMethod(Method):
             if not self.has_feature_loss:
                 self.connector.input_size = None
 
-    @staticmethod
-    def validate_connector_keys(cfg: Mapping[str, Any]) -> None:
-        """Check the keys every family member shares (called from each method's ``validate_config``)."""
-        check_choice("connector_depth", cfg.get("connector_depth", 1), CONNECTOR_DEPTHS)
-        factor = cfg.get("connector_factor", 2)
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor != int(factor) or factor < 1:
-            raise ConfigError(f"connector_factor must be an integer >= 1, got {factor!r}")
-        if "fm_mode" in cfg:
-            check_choice("fm_mode", cfg["fm_mode"], FM_MODES)
-        if "mse_reduction" in cfg:
-            check_choice("mse_reduction", cfg["mse_reduction"], MSE_REDUCTIONS)
-        check_positive(cfg, *(k for k in ("alpha_ce", "alpha", "beta") if k in cfg))
-
     # -- the two paths -----------------------------------------------------------------------------------
     def to_teacher_space(self, student_features: torch.Tensor) -> torch.Tensor:
         """Connector output (or the features themselves where no connector is needed)."""
@@ -234,11 +222,17 @@ class SoftmaxRegressionMethod(Method):
             warnings.warn(f"exported model differs from evaluation by up to {diff:.3g} in the logits", stacklevel=2)
 
 
-FAMILY_DEFAULTS: dict[str, Any] = {
-    "connector_depth": 1,
-    "connector_factor": 2,
-    "fm_mode": "spatial",
-    "mse_reduction": "mean",
-    "export_model": True,
-}
-"""Keys every member of the family shares (each method overrides what differs)."""
+CONNECTOR_DEPTH = Param("connector_depth", int, 1, choices=CONNECTOR_DEPTHS, search=Choice((1, 2, 3)),
+                        doc="connector layers: 1x1 | 1x1-1x1 | 1x1-3x3-1x1")
+CONNECTOR_FACTOR = Param("connector_factor", int, 2, ge=1, search=Choice((1, 2, 4)),
+                         when=Equals("connector_depth", 3), doc="hidden width C_t/factor (depth 3)")
+FM_MODE = Param("fm_mode", str, "spatial", choices=FM_MODES, doc="feature MSE on maps (spatial) or pooled vectors")
+MSE_REDUCTION = Param("mse_reduction", str, "mean", choices=MSE_REDUCTIONS,
+                      doc="mean over every element, or sum per example and mean over the batch")
+EXPORT_MODEL = Param("export_model", bool, True, doc="save the deployable predictor as export/model.pt")
+ALPHA_CE = Param("alpha_ce", float, 1.0, ge=0, doc="weight of the cross-entropy")
+ALPHA = Param("alpha", float, 1.0, ge=0, search=Float(0.1, 10.0, log=True), doc="softmax-regression (logit MSE) weight")
+BETA = Param("beta", float, 1.0, ge=0, search=Float(0.1, 10.0, log=True), doc="feature-matching weight")
+CONNECTOR_PARAMS = (CONNECTOR_DEPTH, CONNECTOR_FACTOR)
+OUTPUT_PARAMS = (FM_MODE, MSE_REDUCTION, EXPORT_MODEL)
+"""Keys the family shares; each method lists them in its ``params`` (searched ones in search order)."""

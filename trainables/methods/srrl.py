@@ -8,26 +8,21 @@ variant (connector on the pooled vector); the default compares spatial maps like
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch.nn.functional as F
 
 from ..data import Batch
 from .base import StepResult, register_method
-from .softmax_regression import FAMILY_DEFAULTS, SoftmaxRegressionMethod, mse
+from .softmax_regression import ALPHA, ALPHA_CE, BETA, CONNECTOR_PARAMS, OUTPUT_PARAMS, SoftmaxRegressionMethod, mse
 
 
 @register_method
 class SRRL(SoftmaxRegressionMethod):
-    name = "srrl"
-    defaults = {**FAMILY_DEFAULTS, "alpha_ce": 1.0, "alpha": 1.0, "beta": 1.0}
-    summary = "SRRL: CE on own head + alpha * SR logit MSE through the teacher head + beta * feature MSE"
-    uses_own_head = True
+    """CE on its own head + alpha * SR logit MSE through the teacher head + beta * feature MSE."""
 
-    @staticmethod
-    def validate_config(cfg: Mapping[str, Any]) -> None:
-        SoftmaxRegressionMethod.validate_connector_keys(cfg)
+    name, label, order = "srrl", "SRRL", 110
+    source = "Yang et al., ICLR 2021"
+    params = (ALPHA, BETA, *CONNECTOR_PARAMS, ALPHA_CE, *OUTPUT_PARAMS)
+    uses_own_head = True
 
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
         feats = self.student.forward_features(batch.x)

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Batch
-from .base import Method, StepResult, check_positive, register_method
+from ..params import ANY, FIXED, Param
+from .base import Method, StepResult, register_method
 
 TRAJECTORY_DIR = "trajectory"
 
@@ -35,15 +36,17 @@ def save_teacher_file(path: Path, model: torch.nn.Module, meta: Mapping[str, Any
 
 @register_method
 class Teacher(Method):
-    name = "teacher"
-    defaults = {"trajectory_every": 1, "trajectory_dir": None}
+    """Train the teacher architecture with CE, saving its checkpoint trajectory."""
+
+    name, label, order = "teacher", "teacher", 0
+    source = "RepDistiller's CIFAR recipe; files laid out as mdistiller's released teachers"
+    params = (
+        Param("trajectory_every", int, 1, gt=0, doc="save the weights every N epochs"),
+        Param("trajectory_dir", ANY, None, allowed="a folder or null", doc="where (default <trial>/trajectory)"),
+    )
+    search_space = FIXED
     needs_teacher = False
     model_key = "teacher"
-    summary = "train the teacher architecture with CE, saving its checkpoint trajectory"
-
-    @staticmethod
-    def validate_config(cfg: Mapping[str, Any]) -> None:
-        check_positive(cfg, "trajectory_every", allow_zero=False)
 
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
         logits = self.student(batch.x)

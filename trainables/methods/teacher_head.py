@@ -8,27 +8,24 @@ never runs in training (``teacher_calls`` stays 0); the bound diagnostics still 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch.nn.functional as F
 
 from ..data import Batch
+from ..params import FIXED
 from .base import StepResult, register_method
-from .softmax_regression import FAMILY_DEFAULTS, SoftmaxRegressionMethod
+from .softmax_regression import CONNECTOR_PARAMS, EXPORT_MODEL, SoftmaxRegressionMethod
 
 
 @register_method
 class TeacherHeadStudent(SoftmaxRegressionMethod):
-    name = "teacher_head"
-    defaults = {k: v for k, v in FAMILY_DEFAULTS.items() if k not in ("fm_mode", "mse_reduction")}
-    summary = "student trained with CE through the teacher's frozen classifier (Table 5)"
+    """The student trained with CE through the teacher's frozen classifier (Table 5)."""
+
+    name, label, order = "teacher_head", "teacher classifier", 130
+    source = "IJCKD paper (arXiv 2304.11004), Tables 3 and 5"
+    params = (*(p.replace(search=None) for p in CONNECTOR_PARAMS), EXPORT_MODEL)
+    search_space = FIXED
     connector_always = False
     has_feature_loss = False
-
-    @staticmethod
-    def validate_config(cfg: Mapping[str, Any]) -> None:
-        SoftmaxRegressionMethod.validate_connector_keys(cfg)
 
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
         logits = self.teacher.head(self.to_teacher_space(self.student.forward_features(batch.x)))
