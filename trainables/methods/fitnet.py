@@ -3,6 +3,8 @@
 The original trains the hint first and the classifier second; the KD benchmarks the tables come from
 train both at once (``ce_weight * CE + hint_weight * MSE(regressor(f_s), f_t)``), and so does this.
 The hint sits at the middle stage of each network (``hint_stage: middle``) or at a given stage index.
+The regressor (``hint_regressor``) is by default those benchmarks' ``ConvReg`` (see ``convreg_conv``);
+``conv3x3`` keeps this project's earlier 3x3 conv with resizing, which also connects any size ratio.
 """
 
 from __future__ import annotations
@@ -17,14 +19,51 @@ from torch import nn
 from ..data import Batch
 from ..errors import ConfigError
 from ..losses import feature_mse
-from .base import Method, MethodContext, StepResult, check_positive, register_method
+from .base import Method, MethodContext, StepResult, check_choice, check_positive, register_method
+
+HINT_REGRESSORS = ("convreg", "conv3x3")
 
 
-class HintRegressor(nn.Module):
-    """3x3 conv + BN + ReLU from the student's hint channels to the teacher's; spatial size matched.
+def convreg_conv(in_channels: int, out_channels: int, in_size: tuple[int, int], out_size: tuple[int, int]) -> nn.Module:
+    """The convolution of RepDistiller's/mdistiller's FitNet regressor (``ConvReg``) for two map sizes.
 
-    When the maps differ in size the student's map is average-pooled down, or bilinearly upsampled, to
-    the teacher's size after the convolution.
+    Student map twice the teacher's: 3x3 conv, stride 2, padding 1. Half the teacher's: 4x4 transposed
+    conv, stride 2, padding 1. Otherwise larger or equal: an unpadded conv whose kernel is
+    ``1 + size difference`` per dimension (1x1 for equal sizes). Biases are kept, as in that code.
+    A smaller student map of another ratio has no ``ConvReg``: ValueError.
+    """
+    (h_s, w_s), (h_t, w_t) = in_size, out_size
+    if (h_s, w_s) == (2 * h_t, 2 * w_t):
+        return nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+    if (2 * h_s, 2 * w_s) == (h_t, w_t):
+        return nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1)
+    if h_s >= h_t and w_s >= w_t:
+        return nn.Conv2d(in_channels, out_channels, (1 + h_s - h_t, 1 + w_s - w_t))
+    raise ValueError(
+        f"hint_regressor convreg cannot map a {h_s}x{w_s} student map to a {h_t}x{w_t} teacher map "
+        "(it handles larger or equal maps and half-size ones); use hint_regressor: conv3x3"
+    )
+
+
+class ConvReg(nn.Module):
+    """FitNet's regressor in the KD benchmarks' form: ``convreg_conv`` -> BN -> ReLU (the default)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, in_size: tuple[int, int], out_size: tuple[int, int]
+    ) -> None:
+        super().__init__()
+        self.conv = convreg_conv(in_channels, out_channels, tuple(in_size), tuple(out_size))
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+class Conv3x3Regressor(nn.Module):
+    """``hint_regressor: conv3x3``: 3x3 conv (pad 1, no bias) + BN + ReLU, then resize to the teacher's map.
+
+    The project's earlier regressor, kept as an option. When the maps differ in size the output is
+    average-pooled down, or bilinearly upsampled, to the teacher's size after the convolution.
     """
 
     def __init__(self, in_channels: int, out_channels: int, out_size: tuple[int, int]) -> None:
@@ -42,6 +81,18 @@ class HintRegressor(nn.Module):
         return F.interpolate(x, size=self.out_size, mode="bilinear", align_corners=False)
 
 
+def build_regressor(kind: str, student_map: torch.Tensor, teacher_map: torch.Tensor) -> nn.Module:
+    """The hint regressor ``kind`` from the student's to the teacher's map (probed tensors, B x C x H x W)."""
+    c_s, c_t = student_map.shape[1], teacher_map.shape[1]
+    s_size, t_size = tuple(student_map.shape[-2:]), tuple(teacher_map.shape[-2:])
+    if kind == "conv3x3":
+        return Conv3x3Regressor(c_s, c_t, t_size)
+    try:
+        return ConvReg(c_s, c_t, s_size, t_size)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def pick_stage(stages: list[torch.Tensor], choice: Any) -> int:
     """Index of the hint stage: 'middle' or an integer (negative counts from the end)."""
     if choice == "middle":
@@ -55,12 +106,13 @@ def pick_stage(stages: list[torch.Tensor], choice: Any) -> int:
 @register_method
 class FitNet(Method):
     name = "fitnet"
-    defaults = {"ce_weight": 1.0, "hint_weight": 100.0, "hint_stage": "middle"}
+    defaults = {"ce_weight": 1.0, "hint_weight": 100.0, "hint_stage": "middle", "hint_regressor": "convreg"}
     summary = "FitNets hint loss on an intermediate stage through a regressor"
 
     @staticmethod
     def validate_config(cfg: Mapping[str, Any]) -> None:
         check_positive(cfg, "ce_weight", "hint_weight")
+        check_choice("hint_regressor", cfg.get("hint_regressor", "convreg"), HINT_REGRESSORS)
         stage = cfg.get("hint_stage", "middle")
         if stage != "middle":
             try:
@@ -80,7 +132,7 @@ class FitNet(Method):
         self.s_index = pick_stage(s_stages, cfg["hint_stage"])
         self.t_index = pick_stage(t_stages, cfg["hint_stage"])
         s_map, t_map = s_stages[self.s_index], t_stages[self.t_index]
-        self.regressor = HintRegressor(s_map.shape[1], t_map.shape[1], tuple(t_map.shape[-2:]))
+        self.regressor = build_regressor(str(cfg.get("hint_regressor", "convreg")), s_map, t_map)
 
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
         stages = self.student.forward_stages(batch.x)
