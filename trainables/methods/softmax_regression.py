@@ -10,10 +10,14 @@ Choices where the papers leave room (see README "Methods: the softmax-regression
 * ``mse_reduction: mean`` (default) is ``F.mse_loss``: the mean over every element (batch x classes for
   logits, batch x C x H x W for maps), as the official SRRL/SimKD code computes it. ``batchmean`` sums over
   everything but the batch and averages over the batch (the ``||.||^2`` of the paper formulas).
-* ``fm_mode: spatial`` (default) compares connector output and teacher map element-wise, after spatial
-  alignment. ``fm_mode: pooled`` follows SRRL's official code: the student map is globally pooled *before*
-  the connector (which then acts on a 1x1 map), and the target is the pooled teacher vector. The
-  prediction path goes through that same pooled connector output, so training and evaluation agree.
+* ``fm_mode: spatial`` (default, except ``srrl``) compares connector output and teacher map element-wise,
+  after spatial alignment. ``spatial_mean`` (``srrl``'s default) is SRRL's official code: the connector acts
+  on the student's full map and the loss compares the spatial means of its output and of the teacher's
+  map (``MSE(mean_hw(conn(F_s)), mean_hw(F_t))``); the SR term reads the same connector output.
+  ``pooled_input`` (accepted as ``pooled``, its earlier name) is SimKD's re-implementation of SRRL: the
+  student map is globally pooled *before* the connector (which then acts on a 1x1 map), and the target is
+  the pooled teacher vector. The prediction path goes through that same connector output, so training and
+  evaluation agree.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..connectors import CONNECTOR_DEPTHS, FM_MODES, Connector, align_target, build_connector
+from ..connectors import CONNECTOR_DEPTHS, FM_MODES, Connector, align_target, build_connector, canonical_fm_mode
 from ..errors import ConfigError
 from ..teacher import FrozenTeacher
 from .base import Method, MethodContext, check_choice, check_positive
@@ -135,7 +139,7 @@ class SoftmaxRegressionMethod(Method):
         s_shape = probe_feature_shape(student, ctx.input_shape, ctx.device)
         t_shape = probe_feature_shape(teacher.model, ctx.input_shape, ctx.device)
         self.student_shape, self.teacher_shape = s_shape, t_shape
-        self.fm_mode = str(self.cfg.get("fm_mode", "spatial"))
+        self.fm_mode = canonical_fm_mode(str(self.cfg.get("fm_mode", "spatial")))
         self.mse_reduction = str(self.cfg.get("mse_reduction", "mean"))
         self.connector: Connector | None = None
         self.target_size = tuple(t_shape[1:])
@@ -161,7 +165,7 @@ class SoftmaxRegressionMethod(Method):
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor != int(factor) or factor < 1:
             raise ConfigError(f"connector_factor must be an integer >= 1, got {factor!r}")
         if "fm_mode" in cfg:
-            check_choice("fm_mode", cfg["fm_mode"], FM_MODES)
+            check_choice("fm_mode", canonical_fm_mode(cfg["fm_mode"]), FM_MODES)
         if "mse_reduction" in cfg:
             check_choice("mse_reduction", cfg["mse_reduction"], MSE_REDUCTIONS)
         check_positive(cfg, *(k for k in ("alpha_ce", "alpha", "beta") if k in cfg))
@@ -172,8 +176,14 @@ class SoftmaxRegressionMethod(Method):
         return self.connector(student_features) if self.connector is not None else student_features
 
     def feature_loss(self, mapped: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
-        """MSE between the connector output and the (aligned or pooled) teacher map."""
+        """MSE between the connector output and the (aligned or pooled) teacher map.
+
+        ``spatial_mean`` pools the connector output too: it keeps the student's map size, so both sides
+        are compared as spatial means (``target_size`` is 1x1 there).
+        """
         target = align_target(teacher_features, self.target_size)
+        if self.fm_mode == "spatial_mean":
+            mapped = F.adaptive_avg_pool2d(mapped, 1)
         return mse(mapped, target.to(mapped.dtype), self.mse_reduction)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:

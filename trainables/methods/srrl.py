@@ -2,8 +2,11 @@
 
 ``alpha_ce * CE(student head) + alpha * MSE(teacher_head(conn(F_s)), z_t) + beta * MSE(conn(F_s), F_t)``.
 The student keeps and is evaluated with its own classifier; the teacher's frozen head only supervises
-the connected features (the "softmax regression" term). ``fm_mode: pooled`` gives SRRL's official-code
-variant (connector on the pooled vector); the default compares spatial maps like the rest of the family.
+the connected features (the "softmax regression" term). The default ``fm_mode: spatial_mean`` is SRRL's
+official code (github.com/jingyang2017/KD_SRRL): the connector acts on the student's spatial map, the FM
+term compares spatial means, ``MSE(mean_hw(conn(F_s)), mean_hw(F_t))``, and the SR term reads the teacher's
+head (which pools) on ``conn(F_s)``. ``spatial`` compares whole maps like the rest of the family;
+``pooled_input`` is SimKD's re-implementation (student map pooled before the connector).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from .softmax_regression import FAMILY_DEFAULTS, SoftmaxRegressionMethod, mse
 @register_method
 class SRRL(SoftmaxRegressionMethod):
     name = "srrl"
-    defaults = {**FAMILY_DEFAULTS, "alpha_ce": 1.0, "alpha": 1.0, "beta": 1.0}
+    defaults = {**FAMILY_DEFAULTS, "fm_mode": "spatial_mean", "alpha_ce": 1.0, "alpha": 1.0, "beta": 1.0}
     summary = "SRRL: CE on own head + alpha * SR logit MSE through the teacher head + beta * feature MSE"
     uses_own_head = True
 
