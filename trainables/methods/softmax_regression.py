@@ -230,7 +230,8 @@ class SoftmaxRegressionMethod(Method):
         data = self.ctx.extras.get("data")
         if data is None:
             return
-        batch = next(iter(data.val.batches(64, shuffle=False, augment=False)))
+        split = data.val if len(data.val) else data.test  # val_fraction 0: no validation split
+        batch = next(iter(split.batches(64, shuffle=False, augment=False)))
         was_training = self.training
         self.eval()
         with torch.inference_mode():
