@@ -31,6 +31,11 @@ from .render import DASH, fmt_num, fmt_signed, records_frame, to_html, to_latex,
 
 SELECT_METRIC = VAL_TOP1
 REPORT_METRIC = TEST_TOP1
+FULL_TRAINING = "full training set, final epoch (the paper's protocol)"
+"""The protocol of trials run with ``val_fraction: 0``: no validation split, so nothing is selected on it."""
+VALIDATION_SELECTED = "selected on val/top1"
+BEST_EPOCH = "best epoch on test (optimistic, as the paper's code reports)"
+"""The best test accuracy over epochs (needs ``eval_test_every: 1``): shown beside, never instead of, the final."""
 TEACHER_ONLY = frozenset({"teacher"})
 """Methods that train the teacher architecture alone (no student)."""
 STUDENT_ALONE = frozenset({"ce"})
@@ -91,6 +96,14 @@ class Selection:
     report: dict[str, Stat]
     n_configs: int
     trial_ids: list[str]
+    protocol: str = VALIDATION_SELECTED
+    """``VALIDATION_SELECTED``, or ``FULL_TRAINING`` for the one configuration of a cell run with val_fraction 0."""
+
+
+def full_training(trials: pd.DataFrame) -> bool:
+    """Whether every trial ran with ``val_fraction: 0`` (trained on the whole training split, no validation)."""
+    col = _column(trials, "val_fraction")
+    return len(trials) > 0 and all(_present(v) and _same(v, 0) for v in col)
 
 
 def finished(trials: pd.DataFrame) -> pd.DataFrame:
@@ -109,6 +122,8 @@ def select(
     validation, re-run for every seed), only those count: the selection was already made, on more trials.
     """
     trials = finished(trials)
+    if not trials.empty and full_training(trials):
+        return _full_training_selection(trials, metrics)
     if trials.empty or by not in trials.columns:
         return None
     trials = trials[_where(trials[by], _finite)]
@@ -139,6 +154,17 @@ def select(
                      report=report, n_configs=candidates, trial_ids=[str(t) for t in chosen["trial_id"]])
 
 
+def _full_training_selection(trials: pd.DataFrame, metrics: Sequence[str]) -> Selection | None:
+    """The cell of trials without a validation split: its one configuration's final epoch (None when the cell
+    holds several configurations, since choosing among them could only use test)."""
+    configs = [trial_config(row) for _, row in trials.iterrows()]
+    if len({_hashable(c) for c in configs}) != 1:
+        return None
+    report = {m: Stat.of(trials[m]) if m in trials.columns else Stat.of([]) for m in metrics}
+    return Selection(config=configs[0], knobs={}, val=Stat.of([]), report=report, n_configs=1,
+                     trial_ids=[str(t) for t in trials["trial_id"]], protocol=FULL_TRAINING)
+
+
 # -- tables ---------------------------------------------------------------------------------------------------
 @dataclass
 class Cell:
@@ -147,6 +173,8 @@ class Cell:
     selection: Selection | None = None
     paper: float | None = None
     best: bool = False
+    best_epoch: Stat | None = None
+    """``BEST_EPOCH`` over the same trials, where test was evaluated every epoch."""
 
     @property
     def diff(self) -> float | None:
@@ -154,13 +182,21 @@ class Cell:
             return None
         return self.stat.mean - self.paper
 
+    @property
+    def full_training(self) -> bool:
+        return self.selection is not None and self.selection.protocol == FULL_TRAINING
+
     def text(self) -> str:
-        """The compact cell: mean ± std over seeds (the mean alone for one seed)."""
+        """The compact cell: mean ± std over seeds (the mean alone for one seed); † marks a cell of the full
+        training set (``FULL_TRAINING``), ‡ the best epoch on test (``BEST_EPOCH``)."""
         if self.stat.n == 0:
             return DASH
-        if self.stat.n == 1:
-            return fmt_num(self.stat.mean)
-        return f"{fmt_num(self.stat.mean)} ± {fmt_num(self.stat.std)}"
+        out = fmt_num(self.stat.mean) if self.stat.n == 1 else f"{fmt_num(self.stat.mean)} ± {fmt_num(self.stat.std)}"
+        if self.full_training:
+            out += " †"
+        if self.best_epoch is not None and self.best_epoch.n:
+            out += f" · best epoch {fmt_num(self.best_epoch.mean)}‡"
+        return out
 
     def hover(self) -> str:
         """What the compact cell leaves out (HTML title; the CSV has it as columns): n and the paper's number."""
@@ -240,6 +276,9 @@ class Table:
                     "paper": cell.paper, "diff": cell.diff,
                     "val_mean": sel.val.mean if sel else math.nan, "val_std": sel.val.std if sel else math.nan,
                     "n_configs": sel.n_configs if sel else 0,
+                    "protocol": sel.protocol if sel else "",
+                    "best_epoch_mean": cell.best_epoch.mean if cell.best_epoch else math.nan,
+                    "best_epoch_std": cell.best_epoch.std if cell.best_epoch else math.nan,
                     "selected_config": json.dumps(sel.config, default=str, sort_keys=True) if sel else "",
                     "trial_ids": " ".join(sel.trial_ids) if sel else "",
                 })
@@ -426,9 +465,50 @@ def _finish(table: Table, study: Study, paper_key: str | None) -> Table | Skippe
     if paper_key and table.has_paper:
         table.paper_table = paper_key
         table.notes = _dataset_note(study, paper_key) + table.notes
+    _label_protocol(table)
+    _add_best_epoch(table, study.history)
     table.mark_best()
     table.notes = [n for n in (table.legend(), *table.notes, *_progress_note(study)) if n]
     return table
+
+
+def _label_protocol(table: Table) -> None:
+    """Say which protocol produced the numbers: a table of full-training cells never claims validation selection."""
+    full = [c for c in table.cells.values() if c.full_training]
+    if not full:
+        return
+    if len(full) == sum(1 for c in table.cells.values() if c.selection is not None):
+        table.caption = table.caption.replace(VALIDATION_SELECTED, f"run on the {FULL_TRAINING}")
+        table.caption = f"Protocol: {FULL_TRAINING}; nothing was selected on validation. {table.caption}"
+    table.notes.append(f"† {FULL_TRAINING}: trained with val_fraction 0 (no validation split), the final epoch's "
+                       "test accuracy; not selected on validation.")
+
+
+def best_epoch_stat(history: pd.DataFrame, trial_ids: Sequence[str], metric: str) -> Stat | None:
+    """Mean ± std over trials of each trial's best ``metric`` over its epochs; None unless every epoch of every
+    trial has it (``eval_test_every: 1``), so a best over a few epochs is never passed off as the paper's."""
+    if history.empty or metric not in history.columns or "trial_id" not in history.columns or not trial_ids:
+        return None
+    ids = history["trial_id"].astype(str)
+    best = []
+    for trial_id in trial_ids:
+        values = list(history.loc[ids == str(trial_id), metric])
+        if not values or not all(_finite(v) for v in values):
+            return None
+        best.append(max(float(v) for v in values))
+    return Stat.of(best)
+
+
+def _add_best_epoch(table: Table, history: pd.DataFrame) -> None:
+    """Beside each paper-comparable cell, ``BEST_EPOCH`` where the trials logged test every epoch."""
+    if not table.has_paper:
+        return
+    for cell in table.cells.values():
+        if cell.selection is not None:
+            cell.best_epoch = best_epoch_stat(history, cell.selection.trial_ids, cell.metric)
+    if any(c.best_epoch is not None and c.best_epoch.n for c in table.cells.values()):
+        table.notes.append(f"‡ {BEST_EPOCH}: the mean over seeds of each trial's best test accuracy over its "
+                           "epochs (eval_test_every: 1), beside the final epoch's, which is the table's number.")
 
 
 # -- the layouts ----------------------------------------------------------------------------------------------
@@ -667,14 +747,15 @@ def best_per_method(study: Study) -> ListTable | Skipped:
                 continue
             records.append({
                 "method": m, "pair": where,
-                "configuration": fmt_config(sel.knobs), "configs compared": sel.n_configs, "seeds": sel.val.n,
+                "configuration": fmt_config(sel.knobs), "configs compared": sel.n_configs,
+                "seeds": sel.report[REPORT_METRIC].n if sel.protocol == FULL_TRAINING else sel.val.n,
                 "val top-1 (%)": sel.val.text(), "test top-1 (%)": sel.report["test/top1"].text(),
                 "test top-5 (%)": sel.report["test/top5"].text(),
                 "val_mean": sel.val.mean, "val_std": sel.val.std, "test_top1_mean": sel.report["test/top1"].mean,
                 "test_top1_std": sel.report["test/top1"].std, "test_top5_mean": sel.report["test/top5"].mean,
                 "test_top5_std": sel.report["test/top5"].std, "n": sel.report["test/top1"].n,
                 "selected_config": json.dumps(sel.config, default=str, sort_keys=True),
-                "trials": " ".join(sel.trial_ids),
+                "trials": " ".join(sel.trial_ids), "protocol": sel.protocol,
             })
     if not records:
         return Skipped(key, title, "no finished trial reported val/top1")
@@ -682,10 +763,13 @@ def best_per_method(study: Study) -> ListTable | Skipped:
     shown_cols = ["method", "pair", "configuration", "configs compared", "seeds", "val top-1 (%)", "test top-1 (%)",
                   "test top-5 (%)"]
     raw_cols = [c for c in frame.columns if c not in shown_cols[5:]]
+    full = frame["protocol"] == FULL_TRAINING
+    notes = [f"Rows without a val top-1 ({', '.join(frame.loc[full, 'method'].unique())}) are the {FULL_TRAINING}: "
+             "one configuration trained with val_fraction 0, not selected on validation."] if full.any() else []
     return ListTable(key, title, "Per method and pair (the teacher: per architecture), the configuration with the "
                      "best mean val/top1 over seeds (mean ± std over seeds, n); 'configuration' lists only the keys "
                      "that differ between the configurations compared.", frame[raw_cols],
-                     shown=records_frame(frame[shown_cols].to_dict("records"), shown_cols))
+                     shown=records_frame(frame[shown_cols].to_dict("records"), shown_cols), notes=notes)
 
 
 def search_trials(study: Study) -> pd.DataFrame:

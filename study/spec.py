@@ -313,6 +313,7 @@ def check_trial_configs(spec: Spec) -> None:
                         continue
                     raise SpecError(f"method '{m}' on {pair_label(pair)}: {err}") from None
                 _check_grace_period(spec, m, resolved["epochs"])
+                _check_selection_split(spec, m, resolved)
             if spec.search is not None:
                 spec.method_space(m, pair)
 
@@ -322,6 +323,18 @@ def _check_grace_period(spec: Spec, method: str, epochs: int) -> None:
     if scheduler and scheduler["grace_period"] > epochs:
         raise SpecError(
             f"scheduler.grace_period ({scheduler['grace_period']}) exceeds epochs ({epochs}) of method '{method}'"
+        )
+
+
+def _check_selection_split(spec: Spec, method: str, resolved: Mapping[str, Any]) -> None:
+    """A search or ASHA selects on validation: with ``val_fraction: 0`` it would have only test to select on."""
+    if float(resolved.get("val_fraction", 1)) > 0:
+        return
+    selector = "search" if spec.search is not None else "scheduler (ASHA)" if spec.data["scheduler"] else None
+    if selector:
+        raise SpecError(
+            f"method '{method}' trains with val_fraction 0 (no validation split), so the {selector} would select "
+            "on test: use a grid or fixed configs with val_fraction 0, or a val_fraction > 0"
         )
 
 

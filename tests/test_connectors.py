@@ -58,7 +58,8 @@ def test_factor_that_leaves_no_hidden_channel_is_an_error():
         ((64, 8, 8), (128, 4, 4), "spatial", (4, 4), (4, 4)),  # student larger: pooled before the connector
         ((64, 8, 8), (128, 8, 8), "spatial", None, (8, 8)),
         ((64, 8, 4), (128, 4, 8), "spatial", (4, 4), (4, 4)),  # per dimension
-        ((64, 8, 8), (128, 8, 8), "pooled", (1, 1), (1, 1)),
+        ((64, 8, 8), (128, 8, 8), "pooled_input", (1, 1), (1, 1)),
+        ((64, 8, 8), (128, 8, 8), "pooled", (1, 1), (1, 1)),  # the earlier name of pooled_input
     ],
 )
 def test_alignment_plan(student, teacher, mode, input_size, target):
@@ -157,7 +158,7 @@ def test_teacher_head_builds_a_connector_only_where_channels_differ(student_cfg,
         ({"method": "ijckd", "connector_depth": 4}, "connector_depth must be one of 1, 2, 3; got '4'"),
         ({"method": "simkd", "connector_factor": 0}, "connector_factor must be an integer >= 1"),
         ({"method": "srrl", "connector_factor": 1.5}, "connector_factor must be an integer >= 1"),
-        ({"method": "ijckd", "fm_mode": "flat"}, "fm_mode must be one of spatial, pooled"),
+        ({"method": "ijckd", "fm_mode": "flat"}, "fm_mode must be one of spatial, spatial_mean, pooled_input"),
         ({"method": "ijckd", "mse_reduction": "sum"}, "mse_reduction must be one of mean, batchmean"),
         ({"method": "ijckd", "loss_combination": "kd"}, "loss_combination must be one of sr, fm, sr\\+fm"),
         ({"method": "ijckd", "alpha": -1}, "alpha must be >= 0"),

@@ -85,6 +85,11 @@ BAD_SPECS = [
     ("pair-cannot-connect", _with(methods=["fitnet"], pairs=[{"teacher": "ResNet50", "student": "resnet8"}],
                                   method_config={"fitnet": {"hint_stage": 4}}), [],
      "cannot connect teacher 'ResNet50' to student 'resnet8'"),
+    ("full-train-search", _with(config={"epochs": 1, "val_fraction": 0}), [],
+     "method 'ce' trains with val_fraction 0 (no validation split), so the search would select on test"),
+    ("full-train-asha", _with(search=None, config={"epochs": 2, "val_fraction": 0},
+                              scheduler={"type": "asha", "grace_period": 1}), [],
+     "so the scheduler (ASHA) would select"),
     ("broken-yaml", "name: [unclosed\n", [], "not valid YAML"),
     ("bad-set-syntax", BASE, ["--set", "search.trials"], "--set needs key=value"),
     ("set-unknown-key", BASE, ["--set", "search.trails=3"], "'search.trails' (did you mean 'trials'"),
@@ -151,6 +156,14 @@ def test_set_overrides_and_defaults(tmp_path):
     assert spec.data["storage_path"].startswith("/")
     with pytest.raises(SpecError, match="not an index"):
         apply_sets(BASE, ["pairs.3.student=resnet8"])
+
+
+def test_full_training_set_grid_and_fixed_configs_validate():
+    """val_fraction 0 (the papers' protocol) is allowed where nothing is selected on validation."""
+    fixed = validate(_with(search=None, config={"epochs": 1, "val_fraction": 0}), probe=False)
+    assert fixed.data["config"]["val_fraction"] == 0
+    validate(_with(search=None, config={"epochs": 1, "val_fraction": 0}, grid={"kd": {"temperature": [2, 4]}}),
+             probe=False)
 
 
 def test_search_space_fixed_value_and_overrides():

@@ -16,6 +16,11 @@ Spatial alignment: when the two maps differ in height or width, both are brought
 the larger one (as SimKD's code does; it also makes the 3x3 conv cheaper), and the *teacher* map is pooled
 (only as the feature-loss target) when it is the larger one. The prediction path pools globally
 afterwards, so alignment changes the feature loss, never which logits the teacher's head can produce.
+
+``fm_mode`` says what the feature loss compares (``build_connector`` returns the compared size):
+``spatial`` the aligned maps; ``spatial_mean`` (SRRL's official code) the spatial means of the connector
+output on the student's full map and of the teacher's map, sizes never aligned; ``pooled_input`` (SimKD's
+re-implementation of SRRL) the connector output on the globally pooled student map and the pooled teacher.
 """
 
 from __future__ import annotations
@@ -25,7 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 CONNECTOR_DEPTHS = (1, 2, 3)
-FM_MODES = ("spatial", "pooled")
+FM_MODES = ("spatial", "spatial_mean", "pooled_input")
+FM_MODE_ALIASES = {"pooled": "pooled_input"}
+"""Earlier names still accepted: ``pooled`` was ``pooled_input`` before SRRL's own reading was added."""
+
+
+def canonical_fm_mode(mode: str) -> str:
+    """``mode`` under its current name (an alias resolved; anything else returned as it is)."""
+    return FM_MODE_ALIASES.get(mode, mode)
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int) -> list[nn.Module]:
@@ -67,7 +79,7 @@ class Connector(nn.Module):
 
     ``input_size`` (optional) is the spatial size the student's map is average-pooled to before the
     convolutions: the smaller teacher size in ``spatial`` mode when the student's map is larger, ``(1, 1)``
-    in ``pooled`` mode. It is part of the module so an exported model pools exactly as training did.
+    in ``pooled_input`` mode. It is part of the module so an exported model pools exactly as training did.
     """
 
     def __init__(
@@ -103,8 +115,11 @@ def connector_input_size(
     student_hw: tuple[int, int], teacher_hw: tuple[int, int], fm_mode: str = "spatial"
 ) -> tuple[int, int] | None:
     """Where the student's map must be pooled before the connector (None: leave it as it is)."""
-    if fm_mode == "pooled":
+    fm_mode = canonical_fm_mode(fm_mode)
+    if fm_mode == "pooled_input":
         return (1, 1)
+    if fm_mode == "spatial_mean":
+        return None
     if fm_mode != "spatial":
         raise ValueError(f"fm_mode must be one of {FM_MODES}, got {fm_mode!r}")
     target = aligned_size(student_hw, teacher_hw)
@@ -130,5 +145,6 @@ def build_connector(
     c_t, h_t, w_t = teacher_shape
     input_size = connector_input_size((h_s, w_s), (h_t, w_t), fm_mode)
     connector = Connector(c_s, c_t, depth, factor, input_size)
-    target = (1, 1) if fm_mode == "pooled" else aligned_size((h_s, w_s), (h_t, w_t))
+    pooled = canonical_fm_mode(fm_mode) in ("pooled_input", "spatial_mean")
+    target = (1, 1) if pooled else aligned_size((h_s, w_s), (h_t, w_t))
     return connector, target

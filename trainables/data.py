@@ -351,19 +351,25 @@ def build_data(cfg: Mapping[str, Any]) -> DataBundle:
     if name not in _BUILDERS:
         raise unknown_choice("dataset", name, _BUILDERS)
     val_fraction = float(cfg.get("val_fraction", DATA_KEYS["val_fraction"]))
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(
+            f"val_fraction must be in [0, 1) (0: no validation split, train on the whole training split), "
+            f"got {val_fraction}"
+        )
     return _BUILDERS[name](cfg)
 
 
 def split_indices(
     n: int, val_fraction: float, seed: int, labels: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded, disjoint (train, val) index arrays; stratified by label when labels are given."""
+    """Seeded, disjoint (train, val) index arrays; stratified by label when labels are given.
+
+    ``val_fraction`` 0 leaves the validation split empty: every index trains (the papers' protocol).
+    """
     rng = np.random.default_rng(seed)
     if labels is None:
         perm = rng.permutation(n)
-        n_val = max(1, int(round(n * val_fraction)))
+        n_val = max(1, int(round(n * val_fraction))) if val_fraction > 0 else 0
         return np.sort(perm[n_val:]), np.sort(perm[:n_val])
     train, val = [], []
     for cls in np.unique(labels):

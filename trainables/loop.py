@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import tempfile
 import time
 from collections.abc import Mapping
@@ -66,7 +67,8 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
 def evaluate(
     method: Method, split: Split, batch_size: int, device: torch.device, amp_dtype: torch.dtype | None = None
 ) -> dict[str, float]:
-    """Top-1/top-5 accuracy (percent) of ``method.predict`` on a split, in eval mode."""
+    """Top-1/top-5 accuracy (percent) of ``method.predict`` on a split, in eval mode (NaN on an empty split,
+    e.g. the validation split of ``val_fraction: 0``)."""
     was_training = method.training
     method.eval()
     correct1 = torch.zeros((), device=device, dtype=torch.long)
@@ -80,7 +82,9 @@ def evaluate(
         correct5 += c5
         n += int(batch.y.shape[0])
     method.train(was_training)
-    return {"top1": 100.0 * correct1.item() / max(n, 1), "top5": 100.0 * correct5.item() / max(n, 1)}
+    if n == 0:
+        return {"top1": math.nan, "top5": math.nan}
+    return {"top1": 100.0 * correct1.item() / n, "top5": 100.0 * correct5.item() / n}
 
 
 def build_trial(config: Mapping[str, Any], workdir: Path | None = None) -> Trial:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -168,6 +168,8 @@ class Param:
     allowed: str = ""
     when: Condition | None = field(default=None, compare=False)
     search: Dist | None = None
+    aliases: tuple[tuple[Any, Any], ...] = ()
+    """Earlier names of allowed values, still accepted and read as the current one: ``(("old", "new"),)``."""
 
     def __post_init__(self) -> None:
         if self.default is None and not self.nullable:
@@ -328,6 +330,9 @@ def annotation(p: Param) -> Any:
         kind = Union[p.type]  # noqa: UP007 - built at run time
     else:
         kind = p.type
+    if p.aliases:
+        renamed = dict(p.aliases)
+        kind = Annotated[kind, BeforeValidator(lambda v: renamed.get(v, v) if isinstance(v, Hashable) else v)]
     return Optional[kind] if p.nullable else kind  # noqa: UP045 - built at run time
 
 

@@ -3,6 +3,8 @@
 The original trains the hint first and the classifier second; the KD benchmarks the tables come from
 train both at once (``ce_weight * CE + hint_weight * MSE(regressor(f_s), f_t)``), and so does this.
 The hint sits at the middle stage of each network (``hint_stage: middle``) or at a given stage index.
+The regressor (``hint_regressor``) is by default those benchmarks' ``ConvReg`` (see ``convreg_conv``);
+``conv3x3`` keeps this project's earlier 3x3 conv with resizing, which also connects any size ratio.
 """
 
 from __future__ import annotations
@@ -20,12 +22,49 @@ from ..losses import feature_mse
 from ..params import Float, Param
 from .base import Method, MethodContext, StepResult, register_method
 
+HINT_REGRESSORS = ("convreg", "conv3x3")
 
-class HintRegressor(nn.Module):
-    """3x3 conv + BN + ReLU from the student's hint channels to the teacher's; spatial size matched.
 
-    When the maps differ in size the student's map is average-pooled down, or bilinearly upsampled, to
-    the teacher's size after the convolution.
+def convreg_conv(in_channels: int, out_channels: int, in_size: tuple[int, int], out_size: tuple[int, int]) -> nn.Module:
+    """The convolution of RepDistiller's/mdistiller's FitNet regressor (``ConvReg``) for two map sizes.
+
+    Student map twice the teacher's: 3x3 conv, stride 2, padding 1. Half the teacher's: 4x4 transposed
+    conv, stride 2, padding 1. Otherwise larger or equal: an unpadded conv whose kernel is
+    ``1 + size difference`` per dimension (1x1 for equal sizes). Biases are kept, as in that code.
+    A smaller student map of another ratio has no ``ConvReg``: ValueError.
+    """
+    (h_s, w_s), (h_t, w_t) = in_size, out_size
+    if (h_s, w_s) == (2 * h_t, 2 * w_t):
+        return nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+    if (2 * h_s, 2 * w_s) == (h_t, w_t):
+        return nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1)
+    if h_s >= h_t and w_s >= w_t:
+        return nn.Conv2d(in_channels, out_channels, (1 + h_s - h_t, 1 + w_s - w_t))
+    raise ValueError(
+        f"hint_regressor convreg cannot map a {h_s}x{w_s} student map to a {h_t}x{w_t} teacher map "
+        "(it handles larger or equal maps and half-size ones); use hint_regressor: conv3x3"
+    )
+
+
+class ConvReg(nn.Module):
+    """FitNet's regressor in the KD benchmarks' form: ``convreg_conv`` -> BN -> ReLU (the default)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, in_size: tuple[int, int], out_size: tuple[int, int]
+    ) -> None:
+        super().__init__()
+        self.conv = convreg_conv(in_channels, out_channels, tuple(in_size), tuple(out_size))
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+class Conv3x3Regressor(nn.Module):
+    """``hint_regressor: conv3x3``: 3x3 conv (pad 1, no bias) + BN + ReLU, then resize to the teacher's map.
+
+    The project's earlier regressor, kept as an option. When the maps differ in size the output is
+    average-pooled down, or bilinearly upsampled, to the teacher's size after the convolution.
     """
 
     def __init__(self, in_channels: int, out_channels: int, out_size: tuple[int, int]) -> None:
@@ -41,6 +80,18 @@ class HintRegressor(nn.Module):
         if x.shape[-1] > self.out_size[-1]:
             return F.adaptive_avg_pool2d(x, self.out_size)
         return F.interpolate(x, size=self.out_size, mode="bilinear", align_corners=False)
+
+
+def build_regressor(kind: str, student_map: torch.Tensor, teacher_map: torch.Tensor) -> nn.Module:
+    """The hint regressor ``kind`` from the student's to the teacher's map (probed tensors, B x C x H x W)."""
+    c_s, c_t = student_map.shape[1], teacher_map.shape[1]
+    s_size, t_size = tuple(student_map.shape[-2:]), tuple(teacher_map.shape[-2:])
+    if kind == "conv3x3":
+        return Conv3x3Regressor(c_s, c_t, t_size)
+    try:
+        return ConvReg(c_s, c_t, s_size, t_size)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def pick_stage(stages: list[torch.Tensor], choice: Any) -> int:
@@ -62,6 +113,8 @@ class FitNet(Method):
         Param("ce_weight", float, 1.0, ge=0, doc="weight of the cross-entropy"),
         Param("hint_stage", (Literal["middle"], int), "middle", allowed="'middle' or an integer",
               doc="stage of both networks the hint sits at (negative counts from the end)"),
+        Param("hint_regressor", str, "convreg", choices=HINT_REGRESSORS,
+              doc="RepDistiller's ConvReg (1x1, strided or transposed conv by map size) or a 3x3 conv"),
     )
 
     def __init__(self, student: nn.Module, teacher: Any, cfg: Mapping[str, Any], ctx: MethodContext) -> None:
@@ -76,7 +129,7 @@ class FitNet(Method):
         self.s_index = pick_stage(s_stages, cfg["hint_stage"])
         self.t_index = pick_stage(t_stages, cfg["hint_stage"])
         s_map, t_map = s_stages[self.s_index], t_stages[self.t_index]
-        self.regressor = HintRegressor(s_map.shape[1], t_map.shape[1], tuple(t_map.shape[-2:]))
+        self.regressor = build_regressor(str(cfg.get("hint_regressor", "convreg")), s_map, t_map)
 
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
         stages = self.student.forward_stages(batch.x)

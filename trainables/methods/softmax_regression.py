@@ -10,10 +10,14 @@ Choices where the papers leave room (see README "Methods: the softmax-regression
 * ``mse_reduction: mean`` (default) is ``F.mse_loss``: the mean over every element (batch x classes for
   logits, batch x C x H x W for maps), as the official SRRL/SimKD code computes it. ``batchmean`` sums over
   everything but the batch and averages over the batch (the ``||.||^2`` of the paper formulas).
-* ``fm_mode: spatial`` (default) compares connector output and teacher map element-wise, after spatial
-  alignment. ``fm_mode: pooled`` follows SRRL's official code: the student map is globally pooled *before*
-  the connector (which then acts on a 1x1 map), and the target is the pooled teacher vector. The
-  prediction path goes through that same pooled connector output, so training and evaluation agree.
+* ``fm_mode: spatial`` (default, except ``srrl``) compares connector output and teacher map element-wise,
+  after spatial alignment. ``spatial_mean`` (``srrl``'s default) is SRRL's official code: the connector acts
+  on the student's full map and the loss compares the spatial means of its output and of the teacher's
+  map (``MSE(mean_hw(conn(F_s)), mean_hw(F_t))``); the SR term reads the same connector output.
+  ``pooled_input`` (accepted as ``pooled``, its earlier name) is SimKD's re-implementation of SRRL: the
+  student map is globally pooled *before* the connector (which then acts on a 1x1 map), and the target is
+  the pooled teacher vector. The prediction path goes through that same connector output, so training and
+  evaluation agree.
 """
 
 from __future__ import annotations
@@ -28,7 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..connectors import CONNECTOR_DEPTHS, FM_MODES, Connector, align_target, build_connector
+from ..connectors import (
+    CONNECTOR_DEPTHS,
+    FM_MODE_ALIASES,
+    FM_MODES,
+    Connector,
+    align_target,
+    build_connector,
+    canonical_fm_mode,
+)
 from ..errors import ConfigError
 from ..params import Choice, Equals, Float, Param
 from ..teacher import TeacherSource
@@ -136,7 +148,7 @@ class SoftmaxRegressionMethod(Method):
         s_shape = probe_feature_shape(student, ctx.input_shape, ctx.device)
         t_shape = probe_feature_shape(teacher.model, ctx.input_shape, ctx.device)
         self.student_shape, self.teacher_shape = s_shape, t_shape
-        self.fm_mode = str(self.cfg.get("fm_mode", "spatial"))
+        self.fm_mode = canonical_fm_mode(str(self.cfg.get("fm_mode", "spatial")))
         self.mse_reduction = str(self.cfg.get("mse_reduction", "mean"))
         self.connector: Connector | None = None
         self.target_size = tuple(t_shape[1:])
@@ -160,8 +172,14 @@ class SoftmaxRegressionMethod(Method):
         return self.connector(student_features) if self.connector is not None else student_features
 
     def feature_loss(self, mapped: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
-        """MSE between the connector output and the (aligned or pooled) teacher map."""
+        """MSE between the connector output and the (aligned or pooled) teacher map.
+
+        ``spatial_mean`` pools the connector output too: it keeps the student's map size, so both sides
+        are compared as spatial means (``target_size`` is 1x1 there).
+        """
         target = align_target(teacher_features, self.target_size)
+        if self.fm_mode == "spatial_mean":
+            mapped = F.adaptive_avg_pool2d(mapped, 1)
         return mse(mapped, target.to(mapped.dtype), self.mse_reduction)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,7 +226,8 @@ class SoftmaxRegressionMethod(Method):
         data = self.ctx.extras.get("data")
         if data is None:
             return
-        batch = next(iter(data.val.batches(64, shuffle=False, augment=False)))
+        split = data.val if len(data.val) else data.test  # val_fraction 0: no validation split
+        batch = next(iter(split.batches(64, shuffle=False, augment=False)))
         was_training = self.training
         self.eval()
         with torch.inference_mode():
@@ -226,7 +245,10 @@ CONNECTOR_DEPTH = Param("connector_depth", int, 1, choices=CONNECTOR_DEPTHS, sea
                         doc="connector layers: 1x1 | 1x1-1x1 | 1x1-3x3-1x1")
 CONNECTOR_FACTOR = Param("connector_factor", int, 2, ge=1, search=Choice((1, 2, 4)),
                          when=Equals("connector_depth", 3), doc="hidden width C_t/factor (depth 3)")
-FM_MODE = Param("fm_mode", str, "spatial", choices=FM_MODES, doc="feature MSE on maps (spatial) or pooled vectors")
+FM_MODE = Param("fm_mode", str, "spatial", choices=FM_MODES, aliases=tuple(FM_MODE_ALIASES.items()),
+                doc="feature MSE on whole maps (spatial), on spatial means after the connector (spatial_mean, SRRL's "
+                    "code), or on pooled vectors with the student pooled first (pooled_input, SimKD's SRRL; alias "
+                    "pooled)")
 MSE_REDUCTION = Param("mse_reduction", str, "mean", choices=MSE_REDUCTIONS,
                       doc="mean over every element, or sum per example and mean over the batch")
 EXPORT_MODEL = Param("export_model", bool, True, doc="save the deployable predictor as export/model.pt")

@@ -2,8 +2,11 @@
 
 ``alpha_ce * CE(student head) + alpha * MSE(teacher_head(conn(F_s)), z_t) + beta * MSE(conn(F_s), F_t)``.
 The student keeps and is evaluated with its own classifier; the teacher's frozen head only supervises
-the connected features (the "softmax regression" term). ``fm_mode: pooled`` gives SRRL's official-code
-variant (connector on the pooled vector); the default compares spatial maps like the rest of the family.
+the connected features (the "softmax regression" term). The default ``fm_mode: spatial_mean`` is SRRL's
+official code (github.com/jingyang2017/KD_SRRL): the connector acts on the student's spatial map, the FM
+term compares spatial means, ``MSE(mean_hw(conn(F_s)), mean_hw(F_t))``, and the SR term reads the teacher's
+head (which pools) on ``conn(F_s)``. ``spatial`` compares whole maps like the rest of the family;
+``pooled_input`` is SimKD's re-implementation (student map pooled before the connector).
 """
 
 from __future__ import annotations
@@ -12,7 +15,17 @@ import torch.nn.functional as F
 
 from ..data import Batch
 from .base import StepResult, register_method
-from .softmax_regression import ALPHA, ALPHA_CE, BETA, CONNECTOR_PARAMS, OUTPUT_PARAMS, SoftmaxRegressionMethod, mse
+from .softmax_regression import (
+    ALPHA,
+    ALPHA_CE,
+    BETA,
+    CONNECTOR_PARAMS,
+    EXPORT_MODEL,
+    FM_MODE,
+    MSE_REDUCTION,
+    SoftmaxRegressionMethod,
+    mse,
+)
 
 
 @register_method
@@ -21,7 +34,8 @@ class SRRL(SoftmaxRegressionMethod):
 
     name, label, order = "srrl", "SRRL", 110
     source = "Yang et al., ICLR 2021"
-    params = (ALPHA, BETA, *CONNECTOR_PARAMS, ALPHA_CE, *OUTPUT_PARAMS)
+    params = (ALPHA, BETA, *CONNECTOR_PARAMS, ALPHA_CE, FM_MODE.replace(default="spatial_mean"), MSE_REDUCTION,
+              EXPORT_MODEL)
     uses_own_head = True
 
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
