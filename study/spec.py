@@ -628,6 +628,9 @@ def validate(raw: Mapping[str, Any], probe: bool = True) -> Spec:
                 resolve_config(result.teacher_config(arch, "/tmp/unused"))
             except ConfigError as err:
                 raise SpecError(f"teacher '{arch}': {err}") from None
+    from .preflight import check_files
+
+    check_files(result)  # data, teacher and trajectory files opened and checked (study/preflight.py)
     if probe:
         probe_pairs(result)
     return result

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data_files import check_imagenet, load_cifar
 from .errors import ConfigError, DataRootError, unknown_choice
 
 CIFAR_MEAN = {
@@ -446,14 +447,10 @@ def _cifar(cfg: Mapping[str, Any], name: str) -> DataBundle:
         f"into data_root (giving data_root/{folder}), or set download: true on a machine with internet"
     )
     root = _require_root(cfg, name, folder, how)
-    download = bool(cfg.get("download", False))
-    train = cls(str(root), train=True, download=download)
-    test = cls(str(root), train=False, download=download)
-
-    def to_tensor(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
-
-    (tri, trl), (tei, tel) = to_tensor(train), to_tensor(test)
+    if cfg.get("download", False):
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+    tri, trl, tei, tel = load_cifar(root, name)  # checks every file: a damaged one is named
     return _tensor_bundle(name, tri, trl, tei, tel, classes, CIFAR_MEAN[name], CIFAR_STD[name], cfg)
 
 
@@ -478,8 +475,7 @@ def _imagenet(cfg: Mapping[str, Any]) -> DataBundle:
 
     how = "arrange ILSVRC-2012 as data_root/train/<wnid>/*.JPEG and data_root/val/<wnid>/*.JPEG"
     root = _require_root(cfg, "imagenet", "train", how)
-    if not (root / "val").exists():
-        raise DataRootError(f"dataset 'imagenet' not found: expected {root / 'val'}; {how}")
+    check_imagenet(root)
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     train_tf = transforms.Compose(
         [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]
