@@ -407,7 +407,7 @@ def validate(raw: Mapping[str, Any], probe: bool = True) -> Spec:
     if not isinstance(methods, list) or not methods:
         raise SpecError("'methods' must be a non-empty list of method names; allowed: " + ", ".join(sorted(METHODS)))
     for m in methods:
-        if m not in METHODS:
+        if not isinstance(m, str) or m not in METHODS:
             raise SpecError(
                 f"unknown method '{m}'{suggest(str(m), METHODS)}; allowed: {', '.join(sorted(METHODS))}"
             )

@@ -102,6 +102,7 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
             raise ConfigError(f"{key} must be a positive integer, got {out[key]!r}")
+    _check_numbers(out)
     if out["lr"] is None:
         out["lr"] = default_lr(out[method.model_key])
     if out["lr_milestones"] is None:
@@ -122,6 +123,25 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     _validate_teacher_store(out, method)
     method.validate_config(out)
     return out
+
+
+def _check_numbers(out: Mapping[str, Any]) -> None:
+    """Types of the numeric loop and data keys (a value of another type would crash later, not as one line)."""
+    for key in ("lr", "weight_decay", "val_fraction"):
+        value = out[key]
+        if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+            continue
+        try:
+            float(value)  # YAML reads 5e-4 as a string; float() takes it, as the loop does
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+    for key, low in (("split_seed", 0), ("num_workers", 0), ("synthetic_size", 1), ("synthetic_classes", 1),
+                     ("synthetic_image_size", 1), ("train_subset", 1)):
+        value = out[key]
+        if value is None and key == "train_subset":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{key} must be an integer >= {low}, got {value!r}")
 
 
 def _validate_teacher_store(out: Mapping[str, Any], method: Any) -> None:
