@@ -130,13 +130,16 @@ def cmd_teachers(args: argparse.Namespace) -> int:
     return cmd_run(args, kinds=("teachers",))
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Hand over to the benchmark package (``python -m benchmarks``) with the remaining arguments."""
+def cmd_bench(argv: list[str]) -> int:
+    """Hand the raw argument tail to the benchmark (``python -m benchmarks``): its flags, its ``--help``.
+
+    Not parsed here: argparse would claim a leading ``--flag`` (``bench --json``) or ``--help`` itself.
+    """
     try:
         from benchmarks.cli import main as bench_main
     except ImportError:
         return _fail("bench is not available in this checkout (benchmarks.cli is missing)", EXIT_FAILED)
-    return int(bench_main(args.rest) or 0)
+    return int(bench_main(argv) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,13 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     run_options(p)
     p.set_defaults(func=cmd_teachers)
 
-    p = sub.add_parser("bench", help="throughput benchmark (benchmarks package)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_bench)
+    # listed for --help only: main() hands everything after 'bench' to the benchmark unparsed
+    sub.add_parser("bench", help="throughput benchmark: every flag of `python -m benchmarks` (see bench --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        return cmd_bench(argv[1:])
     args = build_parser().parse_args(argv)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     if args.func in (cmd_status, cmd_report):  # plain file reading: no torch, no Ray

@@ -364,6 +364,9 @@ def check_files(spec: Spec) -> None:
     for arch, folder in teacher["trajectories"].items():
         if not Path(folder).is_dir():
             raise SpecError(f"teacher trajectory folder for '{arch}' not found: {folder}")
+    from .preflight import check_files as open_files
+
+    open_files(spec)  # data, teacher and trajectory files opened and checked (study/preflight.py)
 
 
 # -- pair probe ---------------------------------------------------------------------------------------------------

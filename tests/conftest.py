@@ -81,3 +81,34 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+def write_fake_cifar(root: Path, dataset: str = "cifar100", per_file: int = 12) -> Path:
+    """A tiny CIFAR release under ``root`` in the python format torchvision reads: one pickled dict per
+    batch file (``data`` (N, 3072) uint8, ``labels``/``fine_labels``) plus the meta file. Returns its folder.
+    """
+    import pickle
+
+    import numpy as np
+
+    from trainables.data_files import CIFAR
+
+    layout = CIFAR[dataset]
+    folder = Path(root) / layout.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in layout.train + layout.test:
+        labels = [int(v) for v in np.arange(per_file) % layout.classes]
+        entry = {"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8), layout.label_key: labels,
+                 "filenames": [f"{name}_{i}.png" for i in range(per_file)]}
+        (folder / name).write_bytes(pickle.dumps(entry))
+    meta = "meta" if dataset == "cifar100" else "batches.meta"
+    key = "fine_label_names" if dataset == "cifar100" else "label_names"
+    (folder / meta).write_bytes(pickle.dumps({key: [f"class{i}" for i in range(layout.classes)]}))
+    return folder
+
+
+@pytest.fixture
+def fake_cifar():
+    """``write_fake_cifar`` as a fixture: ``fake_cifar(root, dataset='cifar100', per_file=12) -> folder``."""
+    return write_fake_cifar

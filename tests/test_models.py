@@ -330,6 +330,28 @@ def test_missing_file_names_path(tmp_path) -> None:
         load_checkpoint(create("resnet8"), path)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty", "object"])
+def test_unreadable_file_is_one_value_error_naming_it(models: dict[str, ZooModel], tmp_path, damage) -> None:
+    """A damaged or foreign file is a ValueError naming it (torch's own errors would be a traceback)."""
+    import random
+
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": models["resnet8"].state_dict()}, path)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:4096])
+    elif damage == "random":
+        path.write_bytes(random.Random(0).randbytes(4096))
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        torch.save({"model": models["resnet8"].state_dict(), "loader": nn.ReLU()}, path)
+    expected = {"truncated": "is a truncated or damaged torch checkpoint", "random": "is not a torch checkpoint",
+                "empty": "is not a torch checkpoint", "object": "objects other than tensors"}[damage]
+    with pytest.raises(ValueError, match=f"{path}.*{expected}") as err:
+        load_checkpoint(_fresh_copy("resnet8"), path)
+    assert "\n" not in str(err.value)
+
+
 def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(ValueError) as err:
         create("resnet9000")

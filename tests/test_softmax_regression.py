@@ -8,9 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from trainables.config import resolve_config
 from trainables.data import build_data
+from trainables.errors import ConfigError
+from trainables.export import EXPORT_FORMAT, load_exported
 from trainables.loop import build_trial, restore, train, train_one_epoch
-from trainables.methods.softmax_regression import EXPORT_DIR, EXPORT_FILE, ijckd_loss, mse
+from trainables.methods.softmax_regression import EXPORT_DIR, EXPORT_FILE, EXPORT_MODULE_FILE, ijckd_loss, mse
 from trainables.reporting import RunDirReporter
 
 # The worked IJCKD example of shared/reference/loss_vectors.md.
@@ -108,8 +111,9 @@ def test_teacher_head_never_runs_the_teacher_in_training(runs):
 def test_export_predicts_exactly_as_evaluation(runs, name):
     run = runs[name]
     path = run["workdir"] / EXPORT_DIR / EXPORT_FILE
-    exported = torch.load(path, weights_only=False)
-    assert not exported.training
+    exported = load_exported(path)  # weights_only=True inside; nothing else is ever needed
+    assert not exported.training and not any(p.requires_grad for p in exported.parameters())
+    assert not (path.parent / EXPORT_MODULE_FILE).exists()  # the pickled module only on request
     trial = build_trial(run["cfg"], run["workdir"])
     restore(trial, run["reporter"].checkpoint_dir)
     method = trial.method.eval()
@@ -118,8 +122,7 @@ def test_export_predicts_exactly_as_evaluation(runs, name):
         for batch in trial.data.val.batches(256, shuffle=False, augment=False):
             got = exported(batch.x)
             expected = method.predict(batch.x)
-            assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
-            assert torch.equal(got.argmax(1), expected.argmax(1))
+            assert torch.equal(got, expected)  # bitwise: the same operations on the same weights
             correct += int((got.argmax(1) == batch.y).sum())
             n += int(batch.y.numel())
     assert 100.0 * correct / n == pytest.approx(run["final"]["val/top1"], abs=1e-9)
@@ -131,6 +134,83 @@ def test_export_predicts_exactly_as_evaluation(runs, name):
     assert n_exported <= n_student + n_connector + teacher_fc.weight.numel() + teacher_fc.bias.numel()
     if name == "srrl":
         assert n_exported == n_student  # SRRL deploys its own student only
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ijckd-srfm-d3-pooled", "srrl", "teacher_head"])
+def test_export_file_is_plain_weights_and_description(runs, name):
+    """A plain ``torch.load(weights_only=True)`` reads the file: tensors, strings, numbers, lists, nothing else."""
+    path = runs[name]["workdir"] / EXPORT_DIR / EXPORT_FILE
+    obj = torch.load(path, weights_only=True)
+    assert obj["format"] == EXPORT_FORMAT and set(obj) == {"format", "version", "module", "state_dict"}
+    assert all(isinstance(v, torch.Tensor) for v in obj["state_dict"].values())
+
+    def plain(value) -> bool:
+        if isinstance(value, dict):
+            return all(isinstance(k, str) and plain(v) for k, v in value.items())
+        if isinstance(value, list):
+            return all(plain(v) for v in value)
+        return value is None or isinstance(value, (str, int, float, bool))
+
+    assert plain(obj["module"]), obj["module"]
+    module = obj["module"]
+    if name == "srrl":
+        assert {k: module[k] for k in ("kind", "arch", "num_classes")} == {"kind": "student", "arch": "resnet8",
+                                                                           "num_classes": 10}
+    else:
+        assert module["kind"] == "deployed" and module["student"] == "resnet8" and module["num_classes"] == 10
+        assert module["head"] == {"in_features": 64, "out_features": 10}  # the resnet20 teacher's classifier
+    if name == "ijckd-srfm-d3-pooled":
+        assert module["connector"] == {"in_channels": 64, "out_channels": 64, "depth": 3, "factor": 2,
+                                       "input_size": [1, 1]}
+
+
+@pytest.fixture(scope="module")
+def untrained_teacher(tmp_path_factory) -> str:
+    """A freshly initialised resnet20 file: enough for export checks, which do not depend on its accuracy."""
+    from trainables import models
+
+    path = tmp_path_factory.mktemp("untrained") / "resnet20.pt"
+    torch.manual_seed(0)
+    torch.save({"model": models.create("resnet20", num_classes=10).state_dict()}, path)
+    return str(path)
+
+
+QUICK = {
+    "ijckd-d3-pooled": {"method": "ijckd", "loss_combination": "sr+fm", "connector_depth": 3, "fm_mode": "pooled"},
+    "srrl": {"method": "srrl"},
+    "teacher_head": {"method": "teacher_head"},  # same channel counts: no connector in the export
+}
+
+
+@pytest.mark.parametrize("name", list(QUICK))
+def test_exported_model_is_evaluation_bit_for_bit(untrained_teacher, tmp_path, name):
+    """One short trial per kind of export; its file, loaded with weights_only only, predicts exactly ``predict``."""
+    cfg = {"dataset": "digits", "teacher": "resnet20", "teacher_checkpoint": untrained_teacher, "student": "resnet8",
+           "epochs": 1, "batch_size": 32, "train_subset": 64, "seed": 0, **QUICK[name]}
+    reporter = RunDirReporter(tmp_path)
+    train(cfg, reporter=reporter, workdir=tmp_path)
+    exported = load_exported(tmp_path / EXPORT_DIR / EXPORT_FILE)
+    trial = build_trial(cfg, tmp_path)
+    restore(trial, reporter.checkpoint_dir)
+    method = trial.method.eval()
+    with torch.inference_mode():
+        for batch in trial.data.val.batches(256, shuffle=False, augment=False):
+            assert torch.equal(exported(batch.x), method.predict(batch.x))
+
+
+def test_export_module_option_also_writes_the_pickled_module(untrained_teacher, tmp_path):
+    cfg = {"dataset": "digits", "teacher": "resnet20", "teacher_checkpoint": untrained_teacher, "student": "resnet8",
+           "method": "simkd", "connector_depth": 1, "epochs": 1, "batch_size": 32, "train_subset": 64, "seed": 0,
+           "export_module": True}
+    train(cfg, workdir=tmp_path)
+    weights = load_exported(tmp_path / EXPORT_DIR / EXPORT_FILE)
+    pickled = torch.load(tmp_path / EXPORT_DIR / EXPORT_MODULE_FILE, weights_only=False)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(weights(x), pickled(x))
+    with pytest.raises(ConfigError, match="export_module must be true or false"):
+        resolve_config({**cfg, "export_module": "yes"})
 
 
 @pytest.mark.parametrize("method", ["ijckd", "simkd", "teacher_head"])

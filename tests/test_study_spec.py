@@ -218,7 +218,7 @@ def _preset_methods(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
-def test_presets_validate(preset, tmp_path):
+def test_presets_validate(preset, tmp_path, fake_cifar):
     missing = [m for m in _preset_methods(preset) if m not in METHODS]
     if missing:
         pytest.skip(f"methods not registered in this checkout: {', '.join(missing)}")
@@ -227,7 +227,7 @@ def test_presets_validate(preset, tmp_path):
     dataset = data.get("data", {}).get("dataset", "digits")
     if dataset in ("cifar100", "cifar10"):
         root = tmp_path / "data"
-        (root / ("cifar-100-python" if dataset == "cifar100" else "cifar-10-batches-py")).mkdir(parents=True)
+        fake_cifar(root, dataset)  # validation opens the data files (study/preflight.py)
         sets.append(f"data.root={root}")
     spec = load_spec(preset, sets)
     assert spec.methods

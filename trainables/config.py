@@ -136,6 +136,7 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if method.needs_teacher and not out.get("teacher_checkpoint"):
         raise ConfigError(f"method '{method_name}' needs teacher_checkpoint (a file with the trained teacher)")
     out.update(parse(method_model(method), out, declared_params(method)))
+    _check_numbers(out)
     if out["lr"] is None:
         out["lr"] = default_lr(out[method.model_key])
     if out["lr_milestones"] is None:
@@ -145,6 +146,25 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     validate_stream_keys(out)
     method.validate_config(out)
     return out
+
+
+def _check_numbers(out: Mapping[str, Any]) -> None:
+    """Types of the numeric loop and data keys (a value of another type would crash later, not as one line)."""
+    for key in ("lr", "weight_decay", "val_fraction"):
+        value = out[key]
+        if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+            continue
+        try:
+            float(value)  # YAML reads 5e-4 as a string; float() takes it, as the loop does
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+    for key, low in (("split_seed", 0), ("num_workers", 0), ("synthetic_size", 1), ("synthetic_classes", 1),
+                     ("synthetic_image_size", 1), ("train_subset", 1)):
+        value = out[key]
+        if value is None and key == "train_subset":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{key} must be an integer >= {low}, got {value!r}")
 
 
 def _validate_teacher_store(out: Mapping[str, Any], method: Any) -> None:

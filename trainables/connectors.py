@@ -94,6 +94,7 @@ class Connector(nn.Module):
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
         self.depth = int(depth)
+        self.factor = int(factor)
         self.input_size = tuple(int(v) for v in input_size) if input_size is not None else None
         self.layers = connector_layers(in_channels, out_channels, depth, factor)
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data_files import check_imagenet, load_cifar
 from .errors import ConfigError, DataRootError, unknown_choice
 
 
@@ -490,18 +491,14 @@ CIFAR10 = DatasetInfo(
 
 
 def _cifar(cfg: Mapping[str, Any], info: DatasetInfo) -> DataBundle:
-    from torchvision import datasets
-
-    cls = {"cifar100": datasets.CIFAR100, "cifar10": datasets.CIFAR10}[info.name]
     root = _require_root(cfg, info)
-    download = bool(cfg.get("download", False))
-    train = cls(str(root), train=True, download=download)
-    test = cls(str(root), train=False, download=download)
+    if cfg.get("download", False):  # torchvision's downloader; the files are then read and checked below
+        from torchvision import datasets
 
-    def to_tensor(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
-
-    (tri, trl), (tei, tel) = to_tensor(train), to_tensor(test)
+        cls = {"cifar100": datasets.CIFAR100, "cifar10": datasets.CIFAR10}[info.name]
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+    tri, trl, tei, tel = load_cifar(root, info.name)  # checks every file: a damaged one is named
     return _tensor_bundle(info.name, tri, trl, tei, tel, info.num_classes, info.mean, info.std, cfg)
 
 
@@ -532,6 +529,7 @@ def _imagenet(cfg: Mapping[str, Any]) -> DataBundle:
     from torchvision import datasets, transforms
 
     root = _require_root(cfg, IMAGENET)
+    check_imagenet(root)
     normalize = transforms.Normalize(IMAGENET.mean, IMAGENET.std)
     train_tf = transforms.Compose(
         [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]

@@ -311,6 +311,17 @@ def _integral(value: Any) -> Any:
     return value
 
 
+def _numeric_text(value: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads ``5e-4`` (no dot) as a string: accept a string that is a number, as
+    ``float()`` would, so ``weight_decay: 5e-4`` in a spec means what its author meant."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def annotation(p: Param) -> Any:
     """The pydantic type of a declared key (strict: no string-to-number or bool-to-number coercion)."""
     from typing import Annotated, Literal, Optional
@@ -325,7 +336,7 @@ def annotation(p: Param) -> Any:
     elif p.type is int:
         kind = Annotated[int, BeforeValidator(_integral), bounds]
     elif p.type is float:
-        kind = Annotated[float, bounds]
+        kind = Annotated[float, BeforeValidator(_numeric_text), bounds]
     elif isinstance(p.type, tuple):
         kind = Union[p.type]  # noqa: UP007 - built at run time
     else:

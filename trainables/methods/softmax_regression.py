@@ -3,7 +3,7 @@
 All four map the student's last feature map through a connector into the teacher's feature space and
 read it with the teacher's frozen classifier. This module holds what they share: the connector built
 from probed shapes, the feature and logit MSE with their reductions, the prediction path, the views the
-error-bound diagnostics need, and the deployable export. It registers no method itself.
+error-bound diagnostics need, and the deployable export (format: ``trainables.export``). It registers no method itself.
 
 Choices where the papers leave room (see README "Methods: the softmax-regression family"):
 
@@ -42,6 +42,7 @@ from ..connectors import (
     canonical_fm_mode,
 )
 from ..errors import ConfigError
+from ..export import DeployedModel, TeacherHead, describe_connector, frozen, save_exported, without_classifier
 from ..params import Choice, Equals, Float, Param
 from ..teacher import TeacherSource
 from .base import Method, MethodContext
@@ -49,6 +50,8 @@ from .base import Method, MethodContext
 MSE_REDUCTIONS = ("mean", "batchmean")
 EXPORT_DIR = "export"
 EXPORT_FILE = "model.pt"
+EXPORT_MODULE_FILE = "module.pt"
+"""With ``export_module: true``: the pickled ``nn.Module`` too (needs ``weights_only=False`` to load)."""
 
 
 def mse(prediction: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -84,47 +87,6 @@ def probe_feature_shape(model: nn.Module, input_shape: tuple[int, ...], device: 
         feats = model.forward_features(torch.zeros(2, *input_shape, device=device))
     model.train(was_training)
     return tuple(int(v) for v in feats.shape[1:])
-
-
-class TeacherHead(nn.Module):
-    """A copy of the teacher's head: global average pool, flatten, its linear classifier (frozen)."""
-
-    def __init__(self, classifier: nn.Linear) -> None:
-        super().__init__()
-        self.classifier = copy.deepcopy(classifier)
-        for p in self.classifier.parameters():
-            p.requires_grad_(False)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(features, 1), 1))
-
-
-class DeployedModel(nn.Module):
-    """Standalone predictor: student trunk -> (connector) -> teacher's pooling + classifier; no teacher trunk.
-
-    ``forward(x)`` gives the logits the method's ``predict`` gave at evaluation. Load a saved one with
-    ``torch.load(path, weights_only=False)`` (the ``trainables`` package must be importable).
-    """
-
-    def __init__(self, trunk: nn.Module, connector: nn.Module | None, head: nn.Module) -> None:
-        super().__init__()
-        self.trunk = trunk
-        self.connector = connector if connector is not None else nn.Identity()
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.connector(self.trunk.forward_features(x)))
-
-
-def _without_classifier(model: nn.Module) -> nn.Module:
-    """A copy of a zoo model whose own (unused) classifier is replaced by ``Identity``."""
-    trunk = copy.deepcopy(model)
-    path = getattr(trunk, "classifier_path", None)
-    if path:
-        parent_name, _, attr = path.rpartition(".")
-        parent = trunk.get_submodule(parent_name) if parent_name else trunk
-        setattr(parent, attr, nn.Identity())
-    return trunk
 
 
 class SoftmaxRegressionMethod(Method):
@@ -196,16 +158,37 @@ class SoftmaxRegressionMethod(Method):
 
     # -- deployment --------------------------------------------------------------------------------------
     def deployable(self) -> nn.Module:
-        """A standalone copy of the prediction path (CPU, eval mode, no gradients)."""
+        """A standalone copy of the prediction path (CPU, evaluation's layout, eval mode, no gradients)."""
         if self.uses_own_head:
             model = copy.deepcopy(self.student)
         else:
             connector = copy.deepcopy(self.connector) if self.connector is not None else None
-            model = DeployedModel(_without_classifier(self.student), connector, TeacherHead(self.teacher.classifier()))
-        model = model.to("cpu", memory_format=torch.contiguous_format).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        return model
+            model = DeployedModel(without_classifier(self.student), connector, TeacherHead(self.teacher.classifier()))
+        return frozen(model, self._evaluation_layout())
+
+    def _evaluation_layout(self) -> str:
+        """``channels_last`` when evaluation ran so: the export keeps the layout, hence the rounding."""
+        data = self.ctx.extras.get("data")
+        channels_last = data is not None and data.val.memory_format == torch.channels_last
+        return "channels_last" if channels_last else "contiguous_format"
+
+    def deployable_description(self) -> dict[str, Any]:
+        """How ``trainables.export.build_module`` rebuilds ``deployable()``: plain strings, numbers, lists."""
+        student = str(self.cfg[self.model_key])
+        layout = self._evaluation_layout()
+        if self.uses_own_head:
+            return {"kind": "student", "arch": student, "num_classes": int(self.ctx.num_classes),
+                    "memory_format": layout}
+        head = self.teacher.classifier()
+        return {
+            "kind": "deployed",
+            "student": student,
+            "teacher": str(self.cfg.get("teacher")),  # for the reader: only its head is inside
+            "num_classes": int(self.ctx.num_classes),
+            "connector": describe_connector(self.connector),
+            "head": {"in_features": int(head.in_features), "out_features": int(head.out_features)},
+            "memory_format": layout,
+        }
 
     def export_path(self) -> Path:
         return self.ctx.workdir / EXPORT_DIR / EXPORT_FILE
@@ -216,10 +199,11 @@ class SoftmaxRegressionMethod(Method):
         model = self.deployable()
         self._check_export(model)
         path = self.export_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(model, tmp)
-        tmp.replace(path)
+        save_exported(model, self.deployable_description(), path)
+        if self.cfg.get("export_module", False):
+            tmp = path.with_name(EXPORT_MODULE_FILE + ".tmp")
+            torch.save(model, tmp)
+            tmp.replace(path.with_name(EXPORT_MODULE_FILE))
 
     def _check_export(self, model: nn.Module) -> None:
         """Warn when the export disagrees with ``predict`` on a probe batch (it never should)."""
@@ -252,9 +236,11 @@ FM_MODE = Param("fm_mode", str, "spatial", choices=FM_MODES, aliases=tuple(FM_MO
 MSE_REDUCTION = Param("mse_reduction", str, "mean", choices=MSE_REDUCTIONS,
                       doc="mean over every element, or sum per example and mean over the batch")
 EXPORT_MODEL = Param("export_model", bool, True, doc="save the deployable predictor as export/model.pt")
+EXPORT_MODULE = Param("export_module", bool, False,
+                      doc="also save the pickled module as export/module.pt (load_exported needs only model.pt)")
 ALPHA_CE = Param("alpha_ce", float, 1.0, ge=0, doc="weight of the cross-entropy")
 ALPHA = Param("alpha", float, 1.0, ge=0, search=Float(0.1, 10.0, log=True), doc="softmax-regression (logit MSE) weight")
 BETA = Param("beta", float, 1.0, ge=0, search=Float(0.1, 10.0, log=True), doc="feature-matching weight")
 CONNECTOR_PARAMS = (CONNECTOR_DEPTH, CONNECTOR_FACTOR)
-OUTPUT_PARAMS = (FM_MODE, MSE_REDUCTION, EXPORT_MODEL)
+OUTPUT_PARAMS = (FM_MODE, MSE_REDUCTION, EXPORT_MODEL, EXPORT_MODULE)
 """Keys the family shares; each method lists them in its ``params`` (searched ones in search order)."""

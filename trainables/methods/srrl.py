@@ -21,6 +21,7 @@ from .softmax_regression import (
     BETA,
     CONNECTOR_PARAMS,
     EXPORT_MODEL,
+    EXPORT_MODULE,
     FM_MODE,
     MSE_REDUCTION,
     SoftmaxRegressionMethod,
@@ -35,7 +36,7 @@ class SRRL(SoftmaxRegressionMethod):
     name, label, order = "srrl", "SRRL", 110
     source = "Yang et al., ICLR 2021"
     params = (ALPHA, BETA, *CONNECTOR_PARAMS, ALPHA_CE, FM_MODE.replace(default="spatial_mean"), MSE_REDUCTION,
-              EXPORT_MODEL)
+              EXPORT_MODEL, EXPORT_MODULE)
     uses_own_head = True
 
     def training_step(self, batch: Batch, epoch: int) -> StepResult:

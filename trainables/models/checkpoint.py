@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -81,20 +83,54 @@ def _first(names: list[str], limit: int = 12, sep: str = ", ") -> str:
     return shown if len(names) <= limit else f"{shown}{sep}... ({len(names) - limit} more)"
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict[str, Any]:
-    """Load weights from ``path`` into ``model`` (CPU, ``weights_only``); return the file's metadata."""
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> Any:
+    """``torch.load`` a file (CPU, ``weights_only``); an unreadable file is a ``ValueError`` naming it.
+
+    ``mmap`` maps tensor data instead of reading it (zip-format files only): enough to check keys and
+    shapes of many files cheaply. A truncated or foreign file gives one line, not torch's traceback.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"  # torch.save's zip format, even when cut before its directory
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
-        raise ValueError(f"{path} holds objects other than tensors and plain containers, which "
-                         f"weights_only loading refuses; re-save just the state dict ({err})") from err
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found:
+            raise ValueError(f"{path} holds objects other than tensors and plain containers ({found.group(1)}), "
+                             "which weights_only loading refuses; re-save just the state dict") from err
+        raise ValueError(f"{path} is not a torch checkpoint ({path.stat().st_size} bytes that torch.load "
+                         "cannot read as a saved state dict)") from err
+    except Exception as err:  # a foreign or damaged file can fail inside torch.load in many ways
+        what = "is a truncated or damaged torch checkpoint" if is_zip else "is not a torch checkpoint"
+        raise ValueError(f"{path} {what} ({path.stat().st_size} bytes that torch.load cannot read: "
+                         f"{_first_line(err)})") from err
+
+
+def _first_line(err: BaseException) -> str:
+    """torch's message up to its first sentence (its hints run on for lines)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text.split(". ")[0][:200]
+
+
+def fitting_state(model: nn.Module, obj: Any, path: str | os.PathLike, strict: bool = True
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state dict in a loaded checkpoint ``obj``, checked against ``model``'s keys and shapes.
+
+    Raises ``CheckpointMismatchError`` naming the file and every mismatch; loads nothing into the model.
+    """
     state, meta = split_checkpoint(obj)
     state = _fill_bn_counters(model, strip_prefix(state))
     problem = describe_mismatch(model, state, strict)
     if problem:
         raise CheckpointMismatchError(f"checkpoint {path} does not fit {type(model).__name__}: {problem}")
+    return state, meta
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict[str, Any]:
+    """Load weights from ``path`` into ``model`` (CPU, ``weights_only``); return the file's metadata."""
+    state, meta = fitting_state(model, read_checkpoint(path), path, strict)
     model.load_state_dict(state, strict=strict)
     return meta
