@@ -24,15 +24,15 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from study import layout  # noqa: E402
+from study import layout
 
-from . import paper  # noqa: E402
-from .load import Study, _hashable  # noqa: E402
-from .tables import (  # noqa: E402
+from . import paper
+from .load import Study, _hashable
+from .tables import (
     REPORT_METRIC,
     SELECT_METRIC,
     TEACHER_ONLY,

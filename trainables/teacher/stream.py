@@ -94,7 +94,7 @@ def _try_lock(path: Path) -> Any | None:
     """An exclusive, non-blocking advisory lock on ``path``: the open file (keep it to hold), or None."""
     import fcntl
 
-    fh = open(path, "a")  # noqa: SIM115 - held until release
+    fh = open(path, "a")  # held until release
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
