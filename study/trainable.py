@@ -14,6 +14,13 @@ Each trial also appends one line per trained epoch to ``epoch_log.jsonl`` in its
 by the worker itself, so it survives a driver crash): an honest record of what was trained, by which
 process, when.
 
+A checkpoint cut by a crash or a full disk is never resumed from: the newest *complete* one is, with a
+warning naming the skipped file (on the worker's stderr and in the trial's ``warnings.txt``). A
+deterministic failure (``trainables.errors.DeterministicError``: a non-finite loss, a refused
+checkpoint) is not retried: Ray Tune would retry it ``max_failures`` times, so the failing attempt records
+it and any retry by the same driver re-raises it before building anything; crashes of the process itself
+(a killed worker, a lost node) are retried from the newest complete checkpoint as before.
+
 Study-only keys (``STUDY_KEYS``, e.g. ``pair``) stay in ``params.json`` for analysis and are removed
 before the config reaches ``trainables.config.resolve_config``.
 """
@@ -21,14 +28,19 @@ before the config reaches ``trainables.config.resolve_config``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .ray_compat import trial_storage_path
 
 STUDY_KEYS = ("pair",)
 """Keys a study adds to a trial's config for grouping; not training config."""
@@ -36,20 +48,10 @@ STUDY_KEYS = ("pair",)
 FIRST_METRICS = ("epoch", "val/top1", "train/loss", "lr")
 META_FILE = "meta.json"
 EPOCH_LOG = "epoch_log.jsonl"
-
-
-def _session_trial_path() -> Path | None:
-    """The trial's folder on (local or shared) storage, or None when storage is remote or unknown."""
-    try:
-        from ray.train._internal.session import get_session
-
-        storage = get_session().storage
-        fs = storage.storage_filesystem
-        if type(fs).__name__ != "LocalFileSystem":
-            return None
-        return Path(storage.trial_fs_path)
-    except Exception:  # noqa: BLE001 - outside a Tune session, or a Ray internals change
-        return None
+WARNINGS = "warnings.txt"
+"""Warnings about the trial's own files (a damaged checkpoint skipped on resume), one line each."""
+VERDICT = "terminal_error.json"
+"""Written when a trial fails deterministically: Tune's retries of it (same driver) re-raise it at once."""
 
 
 def _read_meta(checkpoint_dir: Path) -> dict[str, Any] | None:
@@ -62,14 +64,41 @@ def _read_meta(checkpoint_dir: Path) -> dict[str, Any] | None:
     return None
 
 
+def _damage(checkpoint_dir: Path) -> str | None:
+    """Why a checkpoint folder is not complete (its ``meta.json`` or ``state.pt`` cut or missing), or None."""
+    from trainables.checkpoint import damage
+
+    if _read_meta(checkpoint_dir) is None:
+        return f"{checkpoint_dir / META_FILE} is missing or unreadable"
+    problem = damage(checkpoint_dir)
+    return f"{checkpoint_dir / 'state.pt'} is {problem}" if problem else None
+
+
+def warn_in_trial(trial_path: Path | None, message: str) -> None:
+    """A warning a person must see: on the worker's stderr (Ray shows it on the driver) and in ``WARNINGS``."""
+    print(f"kdstudy warning: {message}", file=sys.stderr, flush=True)
+    if trial_path is not None:
+        with open(trial_path / WARNINGS, "a") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+
 def newest_checkpoint(trial_path: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The complete checkpoint with the highest epoch under a trial folder (by ``meta.json``, not by name)."""
-    best: tuple[Path, dict[str, Any]] | None = None
+    """The complete checkpoint with the highest epoch under a trial folder (by ``meta.json``, not by name).
+
+    Newer checkpoints cut by a crash or a full disk are passed over, each with a warning naming its file
+    (one whose ``meta.json`` is unreadable counts as newest: a cut write is usually the last one).
+    """
+    candidates = []
     for child in trial_path.glob("checkpoint_*"):
-        meta = _read_meta(child)
-        if meta is not None and (best is None or meta["epoch"] > best[1]["epoch"]):
-            best = (child, meta)
-    return best
+        if child.is_dir():
+            meta = _read_meta(child)
+            candidates.append((meta["epoch"] if meta else math.inf, child.name, child, meta))
+    for _, _, child, meta in sorted(candidates, key=lambda c: c[:2], reverse=True):
+        problem = _damage(child)
+        if problem is None:
+            return child, meta
+        warn_in_trial(trial_path, f"{problem}; resuming from an older complete checkpoint")
+    return None
 
 
 def _cpu_threads() -> None:
@@ -144,7 +173,7 @@ def _replay(reported_epoch: int, source: Path, meta: dict[str, Any], epochs: int
     """
     from ray import tune
 
-    done = max(reported_epoch, logged_epoch(_session_trial_path())) if logs_restored else 0
+    done = max(reported_epoch, logged_epoch(trial_storage_path())) if logs_restored else 0
     missing = [m for m in meta["history"] if int(m["epoch"]) > done]
     if not missing and int(meta["epoch"]) >= epochs:
         missing = [m for m in meta["history"] if int(m["epoch"]) == int(meta["epoch"])]
@@ -159,19 +188,54 @@ def _replay(reported_epoch: int, source: Path, meta: dict[str, Any], epochs: int
         tune.report(display_order(missing[-1]), checkpoint=tune.Checkpoint.from_directory(str(staged)))
 
 
-def run_study_trial(config: dict[str, Any]) -> None:
-    """Body of every study trainable: strip study keys, pick the newest checkpoint, run the loop."""
+def record_terminal(trial_path: Path | None, run_id: str, err: Exception) -> None:
+    """Remember a deterministic failure so that Tune's retries of this trial by this driver end at once."""
+    if trial_path is not None and run_id:
+        verdict = {"run": run_id, "type": type(err).__name__, "message": str(err)}
+        (trial_path / VERDICT).write_text(json.dumps(verdict))
+
+
+def raise_recorded_terminal(trial_path: Path | None, run_id: str) -> None:
+    """Re-raise the failure an earlier attempt recorded under the same driver, before building anything.
+
+    Ray Tune retries every failed trial up to ``max_failures`` whatever the exception (``Trial.should_recover``
+    counts failures only), and a deterministic failure would only repeat. A new driver (``study resume
+    --retry-errored``) has another ``run_id``: it trains the trial again, as asked.
+    """
+    from trainables import errors
+
+    if trial_path is None or not run_id or not (trial_path / VERDICT).is_file():
+        return
+    try:
+        verdict = json.loads((trial_path / VERDICT).read_text())
+    except (OSError, ValueError):
+        return
+    if verdict.get("run") != run_id:
+        return
+    cls = getattr(errors, str(verdict.get("type")), None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.DeterministicError)):
+        cls = errors.DeterministicError
+    raise cls(f"{verdict.get('message')} (not retried: a retry from the same checkpoint repeats it)")
+
+
+def run_study_trial(config: dict[str, Any], run_id: str = "") -> None:
+    """Body of every study trainable: strip study keys, pick the newest complete checkpoint, run the loop.
+
+    ``run_id`` names the driver that built the trainable (see ``raise_recorded_terminal``).
+    """
     from ray import tune
 
     from trainables.config import LOOP_DEFAULTS
+    from trainables.errors import DeterministicError
     from trainables.loop import train
     from trainables.trainable import trial_dir
 
-    _cpu_threads()
-    cfg = {k: v for k, v in config.items() if k not in STUDY_KEYS}
-    trial_path = _session_trial_path()
+    trial_path = trial_storage_path()
     if trial_path is not None:
         trial_path.mkdir(parents=True, exist_ok=True)
+        raise_recorded_terminal(trial_path, run_id)
+    _cpu_threads()
+    cfg = {k: v for k, v in config.items() if k not in STUDY_KEYS}
     workdir = trial_dir()
 
     resume_dir: Path | None = None
@@ -182,7 +246,9 @@ def run_study_trial(config: dict[str, Any]) -> None:
         path = Path(tune_checkpoint.path)
         meta = _read_meta(path) if path.exists() else None
         if meta is not None:
-            resume_dir, resume_meta, reported_epoch = path, meta, int(meta["epoch"])
+            reported_epoch = int(meta["epoch"])
+            if _damage(path) is None:  # a cut one is named by the scan below, which takes an older one
+                resume_dir, resume_meta = path, meta
     if trial_path is not None:
         newest = newest_checkpoint(trial_path)
         if newest is not None and (resume_meta is None or newest[1]["epoch"] > resume_meta["epoch"]):
@@ -190,28 +256,35 @@ def run_study_trial(config: dict[str, Any]) -> None:
             epochs = int(cfg.get("epochs", LOOP_DEFAULTS["epochs"]))
             _replay(reported_epoch, resume_dir, resume_meta, epochs, logs_restored=tune_checkpoint is not None)
 
-    if resume_dir is None and tune_checkpoint is not None:
-        # Remote storage (no meta scan possible): trust Tune's checkpoint.
-        with tune_checkpoint.as_directory() as local:
-            meta = _read_meta(Path(local))
-            history = list(meta["history"]) if meta else []
-            train(cfg, reporter=_StudyReporter(None, history), resume_from=local, workdir=workdir)
-        return
-    history = list(resume_meta["history"]) if resume_meta else []
-    if resume_meta is not None and int(resume_meta["epoch"]) >= int(cfg.get("epochs", LOOP_DEFAULTS["epochs"])):
-        return  # finished before the driver died; its results were re-reported above
-    reporter = _StudyReporter(trial_path, history)
-    train(cfg, reporter=reporter, resume_from=resume_dir, workdir=workdir)
+    try:
+        if resume_dir is None and tune_checkpoint is not None:
+            # Remote storage (no meta scan possible): trust Tune's checkpoint.
+            with tune_checkpoint.as_directory() as local:
+                meta = _read_meta(Path(local))
+                history = list(meta["history"]) if meta else []
+                train(cfg, reporter=_StudyReporter(None, history), resume_from=local, workdir=workdir)
+            return
+        history = list(resume_meta["history"]) if resume_meta else []
+        if resume_meta is not None and int(resume_meta["epoch"]) >= int(cfg.get("epochs", LOOP_DEFAULTS["epochs"])):
+            return  # finished before the driver died; its results were re-reported above
+        train(cfg, reporter=_StudyReporter(trial_path, history), resume_from=resume_dir, workdir=workdir)
+    except DeterministicError as err:
+        record_terminal(trial_path, run_id, err)
+        raise
 
 
 def trainable_for(method: str) -> Callable[[dict[str, Any]], None]:
-    """The study trainable for ``method``, named after it (trial names then say which method)."""
+    """The study trainable for ``method``, named after it (trial names then say which method).
+
+    Each call makes a new ``run_id`` (travelling with the function to the workers): one per driver.
+    """
     from trainables.methods import get_method
 
     get_method(method)
+    run_id = uuid.uuid4().hex
 
     def trainable(config: dict[str, Any]) -> None:
-        run_study_trial({**config, "method": method})
+        run_study_trial({**config, "method": method}, run_id)
 
     trainable.__name__ = trainable.__qualname__ = method
     return trainable

@@ -25,6 +25,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
+from . import ray_compat
 from .layout import OPTUNA_FILE, TERMINAL, experiment_trials
 from .resources import PendingTrialWarning
 from .spec import Spec, grid_columns, grid_rows, json_key, pair_label, teacher_folder
@@ -157,14 +158,10 @@ class StateBackup(Callback):
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if not trials:
             return
-        storage = trials[0].storage
-        try:
-            staging = Path(storage.experiment_driver_staging_path)
-            target = Path(storage.experiment_fs_path)
-            if type(storage.storage_filesystem).__name__ != "LocalFileSystem":
-                return
-        except Exception:  # noqa: BLE001 - a Ray internals change: no backup, no harm
-            return
+        paths = ray_compat.experiment_paths(trials[0])
+        if paths is None:
+            return  # remote storage: Tune's own copies are all there is
+        staging, target = paths
         states = sorted(staging.glob("experiment_state-*.json"))
         if not states:
             return
@@ -190,6 +187,8 @@ def trainable(method: str, resources: Mapping[str, float]) -> Any:
     from ray import tune
 
     from .trainable import trainable_for
+
+    ray_compat.check()  # before any stage starts or restores: the Ray internals resume relies on exist
 
     return tune.with_resources(trainable_for(method), {k: v for k, v in resources.items() if v})
 

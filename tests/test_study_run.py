@@ -16,6 +16,7 @@ import optuna
 import pytest
 from ray.tune import Callback
 
+from study import ray_compat
 from study.__main__ import main
 from study.layout import experiment_trials, load_manifest, read_results, save_manifest
 from study.runner import run_study
@@ -196,7 +197,7 @@ class SnapshotAfterFirstEpoch(Callback):
 
     def on_step_end(self, iteration, trials, **info):
         if self.armed and not self.taken and trials:
-            staging = Path(trials[0].storage.experiment_driver_staging_path)
+            staging, _ = ray_compat.experiment_paths(trials[0])
             Path(self.dest).mkdir(parents=True, exist_ok=True)
             for pattern in ("*.json", "*.pkl"):
                 for path in staging.glob(pattern):

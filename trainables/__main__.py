@@ -4,6 +4,9 @@
 
 Values are parsed as YAML scalars (``epochs=3``, ``amp=off``, ``lr_milestones=[2,4]``). ``--resume``
 continues from ``DIR/checkpoint`` when it exists.
+
+``python -m trainables convert-checkpoint DIR`` rewrites the trial checkpoints under DIR that an older
+version saved with pickled RNG objects as weights-only files (``trainables.checkpoint.convert_checkpoints``).
 """
 
 from __future__ import annotations
@@ -30,12 +33,38 @@ def parse_assignments(items: list[str]) -> dict:
     return cfg
 
 
+def convert_main(argv: list[str]) -> int:
+    from .checkpoint import convert_checkpoints
+
+    parser = argparse.ArgumentParser(
+        prog="python -m trainables convert-checkpoint",
+        description="Rewrite old trial checkpoints (state.pt) as weights-only files; only for files you trust.",
+    )
+    parser.add_argument("dir", help="a checkpoint, trial, stage or study dir (searched for state.pt)")
+    args = parser.parse_args(argv)
+    root = Path(args.dir)
+    if not root.exists():
+        print(f"error: {root} does not exist (give a checkpoint, trial, stage or study dir)", file=sys.stderr)
+        return 2
+    try:
+        converted = convert_checkpoints(root)
+    except PlatformError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for path in converted:
+        print(f"converted {path} (the old file is kept as {path.name}.unsafe)")
+    print(f"{len(converted)} checkpoint(s) converted under {root}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["docs"]:
         from .docs import main as docs_main
 
         return docs_main(argv[1:])
+    if argv[:1] == ["convert-checkpoint"]:
+        return convert_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m trainables", description=__doc__)
     parser.add_argument("assignments", nargs="*", help="config key=value pairs (see README 'Config keys')")
     parser.add_argument("--out", default="runs/debug", help="run folder (metrics, checkpoint, artifacts)")

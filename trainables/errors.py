@@ -21,11 +21,23 @@ class DataRootError(PlatformError, FileNotFoundError):
     """A data set is not where the config says it is."""
 
 
+class DeterministicError(PlatformError):
+    """A failure that a retry from the same checkpoint repeats exactly; a study does not retry it."""
+
+
 class CheckpointError(PlatformError, FileNotFoundError):
     """A checkpoint is missing or does not fit the model."""
 
 
-class NonFiniteLossError(PlatformError, FloatingPointError):
+class UnsafeCheckpointError(CheckpointError, DeterministicError):
+    """A trial checkpoint needs full unpickling (it could run code); it is refused, not loaded."""
+
+
+class CheckpointWriteError(PlatformError, OSError):
+    """A checkpoint could not be written (the disk is full); the previous one is intact."""
+
+
+class NonFiniteLossError(DeterministicError, FloatingPointError):
     """A loss term became NaN or infinite; the trial stops instead of training on garbage."""
 
 

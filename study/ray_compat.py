@@ -1,0 +1,94 @@
+"""Every Ray internal kdstudy relies on, in one place, checked once before a stage starts.
+
+Resume safety needs three facts that Ray exposes only on its storage context (``StorageContext``, a
+developer API that may change between minor versions): the trial's folder on storage (a restarted trial
+scans it for its newest complete checkpoint and the worker writes ``epoch_log.jsonl`` there), the local
+folder where Tune stages the experiment's state files before copying them (``StateBackup`` copies them
+from there), and the storage filesystem (those scans work only on a local or mounted one). ``check``
+fails with one line naming the Ray version and the missing piece instead of degrading silently; the
+accessors below are the only code that touches those internals.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+TESTED_RAY = ("2.60",)
+"""Ray minor versions the resume tests passed on (requirements.txt admits exactly these)."""
+
+STORAGE_CONTEXT = "ray.train._internal.storage.StorageContext"
+STORAGE_ATTRIBUTES = ("storage_filesystem", "trial_fs_path", "experiment_fs_path", "experiment_driver_staging_path")
+
+
+class RayCompatError(RuntimeError):
+    """The installed Ray lacks an internal that resume safety depends on."""
+
+
+def _version() -> str:
+    import ray
+
+    return ray.__version__
+
+
+def _fail(what: str) -> RayCompatError:
+    return RayCompatError(f"Ray {_version()}: {what}; kdstudy's resume depends on it and is tested with Ray "
+                          f"{', '.join(v + '.x' for v in TESTED_RAY)} (install one: see requirements.txt)")
+
+
+def check_storage(storage: Any) -> None:
+    """Raise ``RayCompatError`` (one line) if ``storage`` lacks an attribute kdstudy reads from a storage context."""
+    names = set(dir(storage))  # dir() lists properties without evaluating them
+    for name in STORAGE_ATTRIBUTES:
+        if name not in names:
+            raise _fail(f"{STORAGE_CONTEXT} has no attribute '{name}'")
+
+
+@functools.cache
+def check() -> None:
+    """The start-up check: every internal used below exists in the installed Ray (cached per process)."""
+    from ray import tune
+
+    try:
+        from ray.train._internal.storage import StorageContext
+    except ImportError:
+        raise _fail(f"{STORAGE_CONTEXT} cannot be imported") from None
+    if not callable(getattr(tune.TuneContext, "get_storage", None)):
+        raise _fail("ray.tune.TuneContext has no method 'get_storage'")
+    with tempfile.TemporaryDirectory(prefix="kd-raycheck-") as tmp:
+        check_storage(StorageContext(storage_path=tmp, experiment_dir_name="check"))
+    if not any(_version() == v or _version().startswith(v + ".") for v in TESTED_RAY):
+        warnings.warn(f"Ray {_version()} is not a tested version (tested: {', '.join(TESTED_RAY)}); resume "
+                      "guarantees are only tested there", stacklevel=2)
+
+
+def _local(storage: Any) -> bool:
+    return type(storage.storage_filesystem).__name__ == "LocalFileSystem"
+
+
+def trial_storage_path() -> Path | None:
+    """Inside a trial: its folder on storage; None outside a Tune session or on remote (URI) storage."""
+    from ray import tune
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # outside a session Ray warns and returns None
+        storage = tune.get_context().get_storage()
+    if storage is None:
+        return None
+    check_storage(storage)
+    return Path(storage.trial_fs_path) if _local(storage) else None
+
+
+def experiment_paths(trial: Any) -> tuple[Path, Path] | None:
+    """On the driver, from any trial of an experiment: (Tune's local staging folder of its state files, the
+    experiment folder on storage); None on remote storage."""
+    storage = getattr(trial, "storage", None)
+    if storage is None:
+        raise _fail("ray.tune.experiment.Trial has no attribute 'storage'")
+    check_storage(storage)
+    if not _local(storage):
+        return None
+    return Path(storage.experiment_driver_staging_path), Path(storage.experiment_fs_path)
