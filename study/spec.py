@@ -25,6 +25,7 @@ import yaml
 from trainables.errors import ConfigError
 
 from . import layout
+from .preflight import check_files as open_files
 from .spaces import MethodSpace, available_knobs, parse_dist
 from .spec_schema import STUDY_MANAGED as STUDY_MANAGED  # the spec's vocabulary, re-exported
 from .spec_schema import SpecError, StudySpec, grid_columns, parse_spec
@@ -269,13 +270,15 @@ def validate(raw: Mapping[str, Any], probe: bool = True) -> Spec:
     """Check every key and value; fill defaults; resolve paths. Raises SpecError (one line).
 
     The steps: the spec's own format (``spec_schema``: types, ranges, registries, checks across sections),
-    the files it names, every trial's and teacher's config through the trials' own resolver, then
-    (``probe``) one step of every method on every pair.
+    that the files it names exist, every trial's and teacher's config through the trials' own resolver,
+    the files opened and checked (``study.preflight``), then (``probe``) one step of every method on every
+    pair.
     """
     spec = Spec(parse_spec(raw).model_dump())
     check_files(spec)
     check_trial_configs(spec)
     check_teacher_configs(spec)
+    open_files(spec)  # data, teacher and trajectory files opened and checked, configs known to be sound
     if probe:
         probe_pairs(spec)
     return spec
@@ -364,9 +367,6 @@ def check_files(spec: Spec) -> None:
     for arch, folder in teacher["trajectories"].items():
         if not Path(folder).is_dir():
             raise SpecError(f"teacher trajectory folder for '{arch}' not found: {folder}")
-    from .preflight import check_files as open_files
-
-    open_files(spec)  # data, teacher and trajectory files opened and checked (study/preflight.py)
 
 
 # -- pair probe ---------------------------------------------------------------------------------------------------

@@ -183,7 +183,7 @@ def test_mutated_specs_are_accepted_or_one_line(workspace, no_probe):
 
 
 FOUND = {  # crashes the property found (each was a traceback before its fix); kept as plain regression cases
-    "method-not-a-name": (0, lambda s: s.update(methods=[[], "kd"]), "unknown method '[]'"),
+    "method-not-a-name": (0, lambda s: s.update(methods=[[], "kd"]), "'methods[0]' must be a string, got []"),
     "synthetic-classes-a-mapping": (2, lambda s: s["config"].update(synthetic_classes={}),
                                     "synthetic_classes must be an integer >= 1"),
     "lr-not-a-number": (0, lambda s: s["config"].update(lr="fast"), "lr must be a number"),

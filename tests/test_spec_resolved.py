@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from conftest import write_fake_cifar
 
 from study.spec import load_spec, validate
 
@@ -50,10 +51,14 @@ EDGE_CASES: dict[str, dict[str, Any]] = {
 
 def _workdir(tmp: Path) -> None:
     """Folders and files the presets and edge cases point at (validation checks they exist)."""
-    (tmp / "data" / "cifar-100-python").mkdir(parents=True)
-    (tmp / "data" / "cifar-10-batches-py").mkdir(parents=True)
+    import torch
+
+    from trainables.models import create
+
+    write_fake_cifar(tmp / "data", "cifar100")  # validation opens the data and teacher files (study.preflight)
+    write_fake_cifar(tmp / "data", "cifar10")
     (tmp / "traj").mkdir()
-    (tmp / "t.pt").write_bytes(b"")
+    torch.save({"model": create("resnet20", 10).state_dict()}, tmp / "t.pt")
 
 
 def _placeholder(value: Any, tmp: str) -> Any:

@@ -117,7 +117,7 @@ def test_key_path():
     assert key_path(("seeds", 2)) == "seeds[2]"
 
 
-def test_data_checks_read_the_declaration(tmp_path):
+def test_data_checks_read_the_declaration(tmp_path, fake_cifar):
     """The spec's data-root check follows the data set's declared folders (here: ImageNet's two)."""
     info = dataset_info("imagenet")
     assert info.needs_root and info.folders == ("train", "val") and info.shape({}) == (1000, 224)
@@ -129,7 +129,7 @@ def test_data_checks_read_the_declaration(tmp_path):
     for name in ("cifar10", "cifar100"):
         with pytest.raises(SpecError, match="needs data.root"):
             validate(_with(data={"dataset": name}), probe=False)
-        (tmp_path / DATASETS[name].folders[0]).mkdir()
+        fake_cifar(tmp_path, name)  # validation reads the files, not only the declared folder
         assert validate(_with(data={"dataset": name, "root": str(tmp_path)}), probe=False).data["data"]["root"] == str(
             Path(tmp_path).absolute()
         )
