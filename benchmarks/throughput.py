@@ -41,7 +41,6 @@ import numpy as np
 import torch
 
 DEFAULT_METHOD = "ijckd"
-FALLBACK_METHOD = "kd"
 LOOPS = ("platform", "reference")
 
 
@@ -49,7 +48,7 @@ LOOPS = ("platform", "reference")
 class Settings:
     """What one benchmark run trains and how long it measures."""
 
-    method: str = FALLBACK_METHOD
+    method: str = "kd"
     student: str = "resnet8x4"
     teacher: str = "resnet32x4"
     batch_size: int = 64
@@ -88,15 +87,12 @@ class Measurement:
 
 # -- shared set-up ----------------------------------------------------------------------------------------
 def resolve_method(requested: str | None) -> tuple[str, str | None]:
-    """The method to measure and a note when the default had to fall back (``ijckd`` not registered yet)."""
-    from trainables.methods import METHODS, get_method
+    """The method to measure (``DEFAULT_METHOD`` unless one is asked for) and a note (None: nothing to say)."""
+    from trainables.methods import get_method
 
-    if requested is not None:
-        get_method(requested)  # unknown names fail with the list of registered ones
-        return requested, None
-    if DEFAULT_METHOD in METHODS:
-        return DEFAULT_METHOD, None
-    return FALLBACK_METHOD, f"'{DEFAULT_METHOD}' is not registered yet: measured '{FALLBACK_METHOD}'"
+    method = DEFAULT_METHOD if requested is None else requested
+    get_method(method)  # unknown names fail with the list of registered ones
+    return method, None
 
 
 def make_teacher_file(settings: Settings, directory: Path) -> Path:
@@ -480,8 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks",
         description="Training images/s of the platform loop vs a plain DataLoader+PIL reference loop.",
     )
-    p.add_argument("--method", default=None, help=f"method to train (default {DEFAULT_METHOD}, {FALLBACK_METHOD} "
-                   "while it is not registered)")
+    p.add_argument("--method", default=None, help=f"method to train (default {DEFAULT_METHOD})")
     p.add_argument("--student", default="resnet8x4")
     p.add_argument("--teacher", default="resnet32x4")
     p.add_argument("--batch-size", type=int, default=64)

@@ -135,10 +135,8 @@ def cmd_bench(argv: list[str]) -> int:
 
     Not parsed here: argparse would claim a leading ``--flag`` (``bench --json``) or ``--help`` itself.
     """
-    try:
-        from benchmarks.cli import main as bench_main
-    except ImportError:
-        return _fail("bench is not available in this checkout (benchmarks.cli is missing)", EXIT_FAILED)
+    from benchmarks.cli import main as bench_main
+
     return int(bench_main(argv) or 0)
 
 
