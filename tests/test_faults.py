@@ -20,7 +20,7 @@ import yaml
 
 from study.runner import run_study
 from study.spec import validate
-from study.state import experiment_trials, read_results
+from study.layout import experiment_trials, read_results
 from study.trainable import EPOCH_LOG, VERDICT, WARNINGS, _damage, _read_meta
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
