@@ -1,13 +1,16 @@
-"""``python -m benchmarks [flags]``: the training-throughput benchmark (see ``benchmarks.throughput``);
-``python -m benchmarks report [flags]``: the report and ``study status`` at Table-1 scale
-(``benchmarks.report_scale``)."""
+"""``python -m benchmarks [flags]``: the training-throughput benchmark (``benchmarks.cli``); a first word
+picks another benchmark: ``report`` (the report and ``study status`` at Table-1 scale,
+``benchmarks.report_scale``) or ``stream`` (a search-like stage with and without the teacher stream,
+``benchmarks.stream``)."""
 
+import importlib
 import sys
 
-from .cli import main
+SUBCOMMANDS = {"report": "benchmarks.report_scale", "stream": "benchmarks.stream"}
 
-if sys.argv[1:2] == ["report"]:
-    from .report_scale import main as report_main
+word = sys.argv[1] if len(sys.argv) > 1 else None
+if word in SUBCOMMANDS:
+    sys.exit(importlib.import_module(SUBCOMMANDS[word]).main(sys.argv[2:]))
+from .cli import main  # noqa: E402 - only the training benchmark needs torch's import at start-up
 
-    sys.exit(report_main(sys.argv[2:]))
 sys.exit(main(sys.argv[1:]))
