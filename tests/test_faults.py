@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from study.layout import experiment_trials, read_results
 from study.runner import run_study
 from study.spec import validate
-from study.layout import experiment_trials, read_results
 from study.trainable import EPOCH_LOG, VERDICT, WARNINGS, _damage, _read_meta
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
