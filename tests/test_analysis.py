@@ -275,6 +275,7 @@ def _final_as(study, method_map: dict[str, str], teacher: str, student: str, kno
     """The real final-stage trials relabelled in memory (methods, a paper pair, knob values by seed)."""
     trials = study.trials[study.trials["stage_kind"] == "final"].copy()
     trials["method"] = trials["method"].map(method_map)
+    trials = paper.with_method_info(trials, study.root)  # the new names' labels and row order, not the old ones'
     trials["teacher"], trials["student"], trials["dataset"] = teacher, student, "cifar100"
     trials["pair"] = f"{teacher} → {student}"
     for key, by_seed in columns.items():

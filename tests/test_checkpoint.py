@@ -32,14 +32,14 @@ def _method_cfg(method: str, student_cfg: dict, digits_teacher: dict) -> dict:
     if method == "online":
         cfg["teacher_trajectory"] = digits_teacher["trajectory_dir"]
     if method in ("kd", "ckd"):
-        cfg["teacher_budget"] = 64  # the method's extra state (a teacher-logit cache) goes into the checkpoint
+        cfg["teacher_budget"] = 64  # the teacher source's budget cache (its logits) goes into the checkpoint
     return cfg
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_methods_checkpoint_loads_weights_only(method, student_cfg, digits_teacher, tmp_path):
     """The state the loop saves after a real training step: modules, optimizer (momentum), scheduler, RNGs,
-    teacher-call count, the method's extra state and the config."""
+    the teacher source's state (call count, budget cache), the method's extra state and the config."""
     trial = build_trial(_method_cfg(method, student_cfg, digits_teacher), tmp_path)
     train_one_epoch(trial, 0, max_steps=1)
     ckpt.save_state(tmp_path / "ckpt", _trial_state(trial, 1))
@@ -47,7 +47,7 @@ def test_every_methods_checkpoint_loads_weights_only(method, student_cfg, digits
     assert state["epoch"] == 1 and {"method", "optimizer", "scheduler", "rng", "extra", "config"} <= set(state)
     assert state["optimizer"]["state"]  # momentum buffers exist after the step
     if method in ("kd", "ckd"):
-        assert state["extra"]["teacher_cache"]["logits"].shape[0] == 64
+        assert state["teacher"]["cache"]["logits"].shape[0] == 64
 
 
 def test_rng_states_round_trip_exactly():
