@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data_files import CIFAR as CIFAR_FILES
 from .data_files import check_imagenet, load_cifar
 from .errors import ConfigError, DataRootError, unknown_choice
 
@@ -480,14 +481,15 @@ def _cifar_how(folder: str) -> str:
     )
 
 
-CIFAR100 = DatasetInfo(
-    "cifar100", 100, 32, needs_root=True, folders=("cifar-100-python",),
-    mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), how=_cifar_how("cifar-100-python"),
-)
-CIFAR10 = DatasetInfo(
-    "cifar10", 10, 32, needs_root=True, folders=("cifar-10-batches-py",),
-    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), how=_cifar_how("cifar-10-batches-py"),
-)
+def _cifar_info(name: str, mean: tuple[float, ...], std: tuple[float, ...]) -> DatasetInfo:
+    """A CIFAR declaration whose folder and class count are the release's file layout (``CIFAR_FILES``)."""
+    files = CIFAR_FILES[name]
+    return DatasetInfo(name, files.classes, 32, needs_root=True, folders=(files.folder,), mean=mean, std=std,
+                       how=_cifar_how(files.folder))
+
+
+CIFAR100 = _cifar_info("cifar100", mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
+CIFAR10 = _cifar_info("cifar10", mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
 
 
 def _cifar(cfg: Mapping[str, Any], info: DatasetInfo) -> DataBundle:
