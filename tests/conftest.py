@@ -112,3 +112,24 @@ def write_fake_cifar(root: Path, dataset: str = "cifar100", per_file: int = 12) 
 def fake_cifar():
     """``write_fake_cifar`` as a fixture: ``fake_cifar(root, dataset='cifar100', per_file=12) -> folder``."""
     return write_fake_cifar
+
+
+DELETE = object()
+"""A value for ``spec_with``: remove that key instead of setting it."""
+
+
+def spec_with(base: dict, **changes) -> dict:
+    """A deep copy of the spec ``base`` with ``a__b=value`` setting ``spec['a']['b']`` (``DELETE`` removes it)."""
+    import copy
+
+    spec = copy.deepcopy(base)
+    for dotted, value in changes.items():
+        node = spec
+        parts = dotted.split("__")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if value is DELETE:
+            node.pop(parts[-1], None)
+        else:
+            node[parts[-1]] = value
+    return spec

@@ -6,11 +6,11 @@ pinned by tests/test_study_spec.py; this file pins the wording of the pydantic-b
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import spec_with
 
 from study.spec import SpecError, validate
 from study.spec_schema import StudySpec, key_path
@@ -26,14 +26,7 @@ BASE = {
 
 
 def _with(**changes) -> dict:
-    spec = copy.deepcopy(BASE)
-    for dotted, value in changes.items():
-        node = spec
-        parts = dotted.split("__")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return spec
+    return spec_with(BASE, **changes)
 
 
 LINES = [

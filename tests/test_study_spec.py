@@ -5,13 +5,13 @@ Fast: no Ray, no training (the CLI's ``main`` runs in-process; one subprocess ch
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DELETE, spec_with
 
 from study.__main__ import main
 from study.spaces import Choice, Float, MethodSpace, knobs_for, parse_dist
@@ -34,20 +34,10 @@ BASE = {
 
 
 def _with(**changes) -> dict:
-    spec = copy.deepcopy(BASE)
-    for dotted, value in changes.items():
-        node = spec
-        parts = dotted.split("__")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        if value is _DELETE:
-            node.pop(parts[-1], None)
-        else:
-            node[parts[-1]] = value
-    return spec
+    return spec_with(BASE, **changes)
 
 
-_DELETE = object()
+_DELETE = DELETE
 
 # (id, spec or raw text, extra CLI args, a fragment the one-line message must contain)
 BAD_SPECS = [
