@@ -1,5 +1,6 @@
-"""The teacher stream: trials that read it train bit-identically; files are atomic and reused; a busy
-writer is waited for and then worked around.
+"""The teacher stream: trials that read it train bit-identically; files are atomic and reused; a trial that
+finds a chunk busy computes later chunks ahead, waits, then works around a writer that never finishes; the
+size limit evicts the oldest epochs, never one being written.
 
 Real torch on the embedded digits (augmentation on, as in every paper recipe) with a small seeded teacher
 file: exactness and accounting do not depend on what the teacher learned.
@@ -108,23 +109,57 @@ time.sleep(float(sys.argv[2]))
 """
 
 
+class Holder:
+    """Another process holding a chunk's lock (a trial "computing" that chunk) until the block ends."""
+
+    def __init__(self, lock: Path) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> Holder:
+        self.lock.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([sys.executable, "-c", HOLD, str(self.lock), "300"], stdout=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stdout.readline().strip() == "locked"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _epoch_folder(cfg: dict, epoch: int = 0) -> Path:
+    return next(Path(cfg["teacher_stream_dir"]).glob(f"*/epoch_{epoch:04d}"))
+
+
 def test_a_busy_writer_is_waited_for_then_worked_around(cfg: dict, tmp_path: Path, monkeypatch) -> None:
     cfg = {**cfg, "epochs": 1}
     _, reference = _run(cfg, tmp_path / "reference")
-    epoch = next(Path(cfg["teacher_stream_dir"]).glob("*/epoch_0000"))
+    epoch = _epoch_folder(cfg)
     for chunk in epoch.glob("chunk_*.pt"):
         chunk.unlink()
     monkeypatch.setattr(stream_module, "WAIT_S", 1.0)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(epoch.with_suffix(".lock")), "120"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"  # another trial is "computing" this epoch
+    with Holder(epoch / "chunk_00000.lock"):  # another trial is "computing" the epoch's only chunk
         history, weights = _run(cfg, tmp_path / "follower")
-    finally:
-        holder.kill()
-        holder.wait()
     assert history[-1]["teacher_calls_computed"] == 96 and _same_weights(reference, weights)
-    assert not list(epoch.glob("chunk_*.pt"))  # a follower that gave up does not write another's epoch
+    assert not list(epoch.glob("chunk_*.pt"))  # a follower that gave up does not write another's chunk
+
+
+def test_a_trial_waiting_for_a_busy_chunk_computes_the_next_ones_ahead(cfg: dict, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """The look-ahead: the chunks it computes while it waits are the very logits of the loop's batches."""
+    cfg = {**cfg, "epochs": 1, "train_subset": 640}  # 20 batches an epoch: chunks of 8, 8 and 4
+    _, reference = _run({**cfg, "teacher_stream": False}, tmp_path / "reference")
+    epoch = Path(cfg["teacher_stream_dir"]) / "key" / "epoch_0000"
+    monkeypatch.setattr(stream_module, "WAIT_S", 1.0)
+    monkeypatch.setattr(stream_module, "store_key", lambda **_: "key")  # the folder, known before the run
+    with Holder(epoch / "chunk_00000.lock"):
+        history, helper = _run(cfg, tmp_path / "helper")
+    assert sorted(p.name for p in epoch.glob("chunk_*.pt")) == ["chunk_00001.pt", "chunk_00002.pt"]
+    assert [p.name for p in epoch.glob("*.lock")] == ["chunk_00000.lock"]  # the holder's: the helper's are gone
+    assert history[-1]["teacher_calls"] == 640 and history[-1]["teacher_calls_computed"] == 640
+    assert _same_weights(reference, helper)  # it trained on chunks 1 and 2 as it had computed them ahead
+    reader, read = _run(cfg, tmp_path / "reader")  # writes chunk 0 (free now), reads 1 and 2
+    assert reader[-1]["teacher_calls_computed"] == 256 and _same_weights(reference, read)
 
 
 DIE_AFTER_FIRST_CHUNK_OF_EPOCH_2 = """
@@ -135,14 +170,14 @@ from trainables.loop import train
 from trainables.reporting import RunDirReporter
 from trainables.teacher import stream
 
-write = stream.TeacherStream._flush
+write = stream.TeacherStream._write
 
-def write_then_die(self):
-    write(self)
-    if self.folder is not None and self.folder.name == "epoch_0001":
-        os.kill(os.getpid(), signal.SIGKILL)  # the writer dies mid-epoch, its lock still held
+def write_then_die(path, index, logits):
+    write(path, index, logits)
+    if path.parent.name == "epoch_0001":
+        os.kill(os.getpid(), signal.SIGKILL)  # the writer dies mid-epoch, the chunk's lock still held
 
-stream.TeacherStream._flush = write_then_die
+stream.TeacherStream._write = staticmethod(write_then_die)
 train(json.loads(sys.argv[1]), reporter=RunDirReporter(sys.argv[2]), workdir=sys.argv[2])
 """
 
@@ -155,7 +190,7 @@ def test_writer_killed_mid_epoch_then_resumed_trains_like_an_uninterrupted_run(c
                            capture_output=True, text=True, timeout=600)
     assert child.returncode == -9, child.stderr[-2000:]
     epoch2 = next(Path(cfg["teacher_stream_dir"]).glob("*/epoch_0001"))
-    assert [p.name for p in epoch2.iterdir()] == ["chunk_00000.pt"]
+    assert sorted(p.name for p in epoch2.iterdir()) == ["chunk_00000.lock", "chunk_00000.pt"]  # a stale lock
     checkpoint = RunDirReporter(run_dir).checkpoint_dir
     assert load_state(checkpoint)["epoch"] == 1
     history, resumed = _run(cfg, run_dir, resume_from=checkpoint)  # takes over the dead writer's epoch
@@ -164,22 +199,32 @@ def test_writer_killed_mid_epoch_then_resumed_trains_like_an_uninterrupted_run(c
     assert _same_weights(straight, resumed)
 
 
-def test_the_oldest_epochs_are_evicted_to_fit_the_size_limit(cfg: dict, tmp_path: Path) -> None:
+@pytest.mark.parametrize("busy", [False, True])
+def test_the_oldest_epochs_are_evicted_to_fit_the_size_limit(cfg: dict, tmp_path: Path, busy: bool) -> None:
     import os
     import time
 
     root = Path(cfg["teacher_stream_dir"])
+    held = None
     for age, name in enumerate(["old/epoch_0000", "old/epoch_0001", "new/epoch_0000"]):
         (root / name).mkdir(parents=True)
         (root / name / "chunk_00000.pt").write_bytes(b"x" * 1000)
+        if busy and age == 0:
+            held = stream_module._try_lock(root / name / "chunk_00001.lock")
         stamp = time.time() - 100 + age
         os.utime(root / name, (stamp, stamp))
     limit_gb = 2500 / 2**30  # room for two of the three epochs
     s = stream_module.TeacherStream({**cfg, "augment": True, "teacher_stream_max_gb": limit_gb},
                                     torch.device("cpu"), None)
     s.begin(0, cfg["teacher_checkpoint"])
-    s.logits(torch.arange(4), lambda: torch.zeros(4, 10))  # the first request makes it the epoch's writer
+    try:  # busy: a trial is writing in the oldest epoch, so the next oldest goes
+        s.logits(torch.arange(4), lambda: torch.zeros(4, 10))  # the first request makes it the chunk's writer
+    finally:
+        if held is not None:
+            held.close()
     kept = sorted(str(p.relative_to(root)) for p in root.glob("*/epoch_*") if p.is_dir())
-    assert kept == sorted(["new/epoch_0000", "old/epoch_0001", f"{s.folder.parent.name}/epoch_0000"])
+    survivor = "old/epoch_0000" if busy else "old/epoch_0001"
+    assert kept == sorted(["new/epoch_0000", survivor, f"{s.folder.parent.name}/epoch_0000"])
     s.end()
     assert stream_module.stream_size_bytes(root) == 2000 + (s.folder / "chunk_00000.pt").stat().st_size
+    assert not list(s.folder.glob("*.lock")) and not list(s.folder.glob("*.tmp"))  # written and released

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import epoch_generator
 from .data_files import CIFAR as CIFAR_FILES
 from .data_files import check_imagenet, load_cifar
 from .errors import ConfigError, DataRootError, unknown_choice
@@ -179,6 +180,17 @@ class TensorSplit(Split):
                     imgs, self.crop_padding, oy_all[start:stop], ox_all[start:stop], flip_all[start:stop]
                 )
             yield Batch(self.normalize(imgs), self.labels[idx], idx, augmented=augment)
+
+
+def training_batches(split: Split, cfg: Mapping[str, Any], epoch: int) -> Iterator[Batch]:
+    """Epoch ``epoch``'s training batches: shuffled and augmented by the (seed, epoch) generator alone.
+
+    The one definition of a trial's training order: the loop trains on it and the teacher stream computes
+    the teacher ahead on it (a trial waiting for another's chunk computes a later one), so both are the
+    very same batches.
+    """
+    return split.batches(int(cfg["batch_size"]), shuffle=True, augment=bool(cfg["augment"]),
+                         generator=epoch_generator(int(cfg["seed"]), epoch))
 
 
 class _IndexedDataset(torch.utils.data.Dataset):

@@ -24,7 +24,7 @@ import torch
 from . import checkpoint as ckpt
 from . import models
 from .config import resolve_config
-from .data import DataBundle, Split, build_data
+from .data import DataBundle, Split, build_data, training_batches
 from .device import autocast_dtype, cap_gpu_memory, configure_backends, resolve_device, use_channels_last
 from .diagnostics.epoch import EpochDiagnostics
 from .errors import NonFiniteLossError
@@ -207,16 +207,13 @@ def train_one_epoch(trial: Trial, epoch: int, max_steps: int | None = None) -> d
     if trial.teacher is not None:
         trial.teacher.on_epoch_start(epoch)
     method.on_epoch_start(epoch)
-    generator = ckpt.epoch_generator(int(cfg["seed"]), epoch)
     sums: dict[str, torch.Tensor] = {}
     watch = NonFiniteWatch(device)
     total_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     start = time.perf_counter()
-    batches = trial.data.train.batches(
-        int(cfg["batch_size"]), shuffle=True, augment=bool(cfg["augment"]), generator=generator
-    )
+    batches = training_batches(trial.data.train, cfg, epoch)
     for batch in itertools.islice(batches, max_steps):
         with _autocast(device, trial.amp_dtype):
             result = trial.step_fn(batch, epoch)

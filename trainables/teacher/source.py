@@ -8,8 +8,8 @@ from is the source's business, not the method's:
   read by index (``teacher_budget``, Comparative KD; see ``trainables.teacher.budget``);
 * the shared store (``teacher_store: true``): per-image outputs of the un-augmented training split,
   computed once per study and shared through ``teacher_store_dir`` (``trainables.teacher.store``);
-* the teacher stream (``teacher_stream_dir``): the logits of every augmented training batch, computed by
-  the first trial of a study to reach the epoch and read by the others (``trainables.teacher.stream``);
+* the teacher stream (``teacher_stream_dir``): the logits of every augmented training batch, computed once
+  by the trials of a study that share the batches and read by the others (``trainables.teacher.stream``);
 * a trajectory schedule (``online``): the network's weights follow the teacher's checkpoints, switched
   at the start of each epoch (``trainables.teacher.trajectory``).
 
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..data import DATA_KEYS
+from ..data import DATA_KEYS, training_batches
 from ..errors import TeacherBudgetExceeded
 from .budget import label_once
 from .network import FrozenTeacher, TeacherOutput, load_teacher_model
@@ -237,7 +237,9 @@ def build_source(cfg: Mapping[str, Any], plan: TeacherPlan, network: FrozenTeach
         source.store = _shared_store(cfg, source, train)
     if stream_enabled(cfg):
         device = next(network.model.parameters()).device
-        source.stream = TeacherStream(cfg, device, network.autocast_dtype)
+        source.stream = TeacherStream(cfg, device, network.autocast_dtype,
+                                      ahead=lambda epoch: training_batches(train, cfg, epoch),
+                                      teacher=lambda x: source._forward(x).logits)
     return source
 
 

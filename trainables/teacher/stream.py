@@ -1,44 +1,53 @@
 """The teacher stream: the teacher's logits on every augmented training batch, computed once per study.
 
 Augmentation is a pure function of (trial seed, epoch), so every trial of a search stage (and of a grid
-that shares a seed) shows the teacher exactly the same batches in the same order. The first trial to
-reach an epoch computes the teacher's logits batch by batch, as it trains, and writes them in chunks of
-``CHUNK_BATCHES`` batches to ``<teacher_stream_dir>/<key>/epoch_XXXX/chunk_XXXXX.pt`` (atomically: a
-half-written chunk is never read); every other trial with the same key reads them instead of running
-the teacher. The key covers what the logits depend on: the teacher file's content (the trajectory
-checkpoint in use for ``online``), the data keys, the trial seed, the batch size, the augmentation, the
-precision, the memory format, ``compile``, the device type, the thread count, the torch version and the
-stored dtype (the last few change the rounding of the teacher's pass).
+that shares a seed) shows the teacher exactly the same batches in the same order. The stream keeps the
+teacher's logits of each batch in chunks of ``CHUNK_BATCHES`` batches,
+``<teacher_stream_dir>/<key>/epoch_XXXX/chunk_XXXXX.pt`` (written to a temporary name and renamed: a
+half-written chunk is never read), and a trial that finds a chunk reads it instead of running the teacher.
+The key covers what the logits depend on: the teacher file's content (the trajectory checkpoint in use for
+``online``), the data keys, the trial seed, the batch size, the augmentation, the precision, the memory
+format, ``compile``, the device type, the thread count, the torch version and the stored dtype (the last
+few change the rounding of the teacher's pass).
 
-One writer per (key, epoch): the first trial to ask for a batch of the epoch takes the epoch's lock; a
-trial that finds it taken follows the writer chunk by chunk and waits for the next chunk up to ``WAIT_S``
-seconds, after which it computes the rest of the epoch on its own; as soon as the lock is free (the writer
-finished or died) it takes over as the writer. Every live teacher pass on a training batch is recorded,
-so trials of methods that need the teacher's features too (computed live) still feed the stream. Chunks
-already written are reused after a kill. ``teacher_stream_max_gb`` bounds the folder: before an epoch is
-written, the oldest epochs are evicted until it fits.
+One writer per chunk (a file lock per chunk). A trial that reaches a chunk nobody has written takes its
+lock and writes it from the live teacher passes of its own steps. A trial that finds the chunk's lock
+taken does not idle: it takes the next chunk of the epoch that is neither written nor taken and computes
+the teacher on it ahead (the epoch's batches are ``trainables.data.training_batches``, a function of
+(seed, epoch)), then looks again; with nothing left to take it polls, and after ``WAIT_S`` seconds of
+polling it computes that chunk's batches itself without writing them. So two trials on one epoch share its
+teacher passes between them instead of one computing and the other waiting, and a lock whose holder died
+(the kernel frees it) is simply taken over. Methods that need the teacher's features too (computed live)
+still write the chunks they are first to reach. Chunks already written are reused after a kill.
+``teacher_stream_max_gb`` bounds the folder: before a trial first writes in an epoch, the oldest epochs
+(none that a trial is writing) are evicted until it fits.
 
-Exact: a reader gets the very tensors the writer trained on (stored in float32 by default; with
-``teacher_stream_dtype: bfloat16`` every trial, writer included, trains on the rounded logits), so on the same device,
-precision and thread count a reading trial trains bit-identically to one that computes the teacher.
+Exact: a reader gets the very tensors the writer trained on or computed ahead on the same batches (stored
+in float32 by default; with ``teacher_stream_dtype: bfloat16`` every trial, writer included, trains on the
+rounded logits), so on the same device, precision and thread count a reading trial trains bit-identically
+to one that computes the teacher.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..data import DATA_KEYS
 from ..errors import ConfigError
 from .store import store_key
+
+if TYPE_CHECKING:
+    from ..data import Batch
 
 CHUNK_BATCHES = 8
 WAIT_S = 120.0
@@ -94,7 +103,8 @@ def _try_lock(path: Path) -> Any | None:
     """An exclusive, non-blocking advisory lock on ``path``: the open file (keep it to hold), or None."""
     import fcntl
 
-    fh = open(path, "a")  # held until release
+    path.parent.mkdir(parents=True, exist_ok=True)  # (again, if the epoch was evicted meanwhile)
+    fh = open(path, "a")  # held until released
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -103,10 +113,48 @@ def _try_lock(path: Path) -> Any | None:
     return fh
 
 
-class TeacherStream:
-    """One trial's view of the stream: which epoch, which step, writer or follower."""
+def _release(lock: Any, path: Path) -> None:
+    """Free a chunk's lock and remove its file: the chunk is written (or not to be), so whoever takes a lock
+    on that name later finds the chunk first and reads it."""
+    path.unlink(missing_ok=True)
+    lock.close()
 
-    def __init__(self, cfg: Mapping[str, Any], device: torch.device, amp_dtype: torch.dtype | None) -> None:
+
+def _busy(folder: Path) -> bool:
+    """Whether a trial holds a chunk lock of this epoch folder (it is writing there: not evicted)."""
+    for path in folder.glob("chunk_*.lock"):
+        lock = _try_lock(path)
+        if lock is None:
+            return True
+        lock.close()
+    return False
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return float("inf")  # gone meanwhile (another trial evicted it)
+
+
+Ahead = Callable[[int], Iterator["Batch"]]
+"""The training batches of an epoch, in the loop's order (``trainables.data.training_batches``)."""
+
+
+class TeacherStream:
+    """One trial's view of the stream: which epoch, which step, which chunk it writes."""
+
+    def __init__(
+        self,
+        cfg: Mapping[str, Any],
+        device: torch.device,
+        amp_dtype: torch.dtype | None,
+        *,
+        ahead: Ahead | None = None,
+        teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        """``ahead(epoch)`` and ``teacher(x)`` (the teacher's logits of images ``x``, a counted pass) let a
+        trial that waits for another's chunk compute a later chunk meanwhile; without them it only waits."""
         self.root = Path(cfg["teacher_stream_dir"]).expanduser().absolute()
         self.dtype = DTYPES[str(cfg.get("teacher_stream_dtype", "float32"))]
         self.max_bytes = float(cfg.get("teacher_stream_max_gb", 50.0)) * 2**30
@@ -124,152 +172,215 @@ class TeacherStream:
             "torch": torch.__version__,
             "dtype": str(self.dtype),
         }
+        self._ahead_source = ahead
+        self._teacher = teacher
         self.folder: Path | None = None
+        self.epoch = 0
+        self._reset()
+
+    def _reset(self) -> None:
         self.step = 0
-        self._lock: Any | None = None
-        self._role_taken = False
-        self._given_up = False
         self._chunk: dict[str, Any] | None = None
+        """The chunk holding the current step's logits (read), or None (computed live)."""
         self._chunk_no = -1
+        self._writing: tuple[int, Any] | None = None
+        """(chunk number, its lock) while this trial writes a chunk from its own steps."""
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._first_pending = 0
+        self._ahead: Iterator[Batch] | None = None
+        self._ahead_step = 0
+        self._end_chunk: int | None = None
+        """The first chunk number past the epoch, once the look-ahead ran out of batches."""
+        self._evicted = False
 
     # -- epochs -------------------------------------------------------------------------------------------
     def begin(self, epoch: int, teacher_file: str | Path) -> None:
-        """Start epoch ``epoch`` with the teacher weights of ``teacher_file``; become its writer if free."""
+        """Start epoch ``epoch`` with the teacher weights of ``teacher_file``."""
         self.end()
         key = store_key(kind="stream", teacher_hash=file_hash(teacher_file), **self.parts)
         self.folder = self.root / key / f"epoch_{epoch:04d}"
-        self.step, self._chunk, self._chunk_no = 0, None, -1
-        self._role_taken = self._given_up = False
-
-    def _take_role(self) -> None:
-        """At the epoch's first request: the writer if the epoch's lock is free, else a follower."""
-        assert self.folder is not None
-        self._role_taken = True
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = _try_lock(self.folder.with_suffix(".lock"))
-        if self._lock is not None:
-            self._evict()
+        self.epoch = epoch
+        self._reset()
 
     def end(self) -> None:
-        """After the epoch's last step: write what is pending and release the epoch."""
-        if self._lock is not None:
-            self._flush()
-            self._lock.close()
-            self._lock = None
-        self._pending = []
+        """After the epoch's last step: write the chunk this trial was writing, if any."""
+        self._flush()
+        self._ahead = None
 
     # -- batches ------------------------------------------------------------------------------------------
-    def logits(self, batch_index: torch.Tensor, compute: Any) -> torch.Tensor:
+    def logits(self, batch_index: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The teacher logits of this epoch's next batch, stored or from ``compute()`` (which runs the
         teacher and returns its logits). Stored logits are used only when they were taken on the same
         images (the batch's data indices are checked)."""
-        if not self._role_taken:
-            self._take_role()
-        step = self.step
-        self.step += 1
+        step = self._next_step(wait=True)
         stored = self._stored(step)
         if stored is not None and torch.equal(stored[0], batch_index.cpu()):
             return stored[1].to(batch_index.device, torch.float32)
-        return self.record(step, batch_index, compute())
+        return self._record(batch_index, compute())
 
-    def record(self, step: int, batch_index: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Keep a live pass's logits for the stream (as the writer); returns the logits training uses."""
+    def live(self, batch_index: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """A pass the method needed live (features, stages): written where this trial is first to reach the
+        chunk, never replaced."""
+        self._next_step(wait=False)
+        return self._record(batch_index, logits)
+
+    def _next_step(self, wait: bool) -> int:
+        step = self.step
+        self.step += 1
+        number, offset = divmod(step, CHUNK_BATCHES)
+        if self.folder is not None and (offset == 0 or number != self._chunk_no):
+            self._flush()
+            self._chunk_no = number
+            self._chunk = self._open_chunk(number, wait)
+        return step
+
+    def _record(self, batch_index: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Keep a live pass's logits for the chunk this trial writes; returns the logits training uses."""
         logits = self._as_stored(logits)  # the writer trains on what the readers will read
-        if self._lock is not None:
-            if not self._pending:
-                self._first_pending = step
+        if self._writing is not None:
             self._pending.append((batch_index.cpu(), logits.detach().to(self.dtype).cpu()))
             if len(self._pending) == CHUNK_BATCHES:
                 self._flush()
         return logits
 
-    def live(self, batch_index: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """A pass the method needed live (features, stages): recorded for the stream, never replaced."""
-        if not self._role_taken:
-            self._take_role()
-        step = self.step
-        self.step += 1
-        if self._lock is not None and self._pending_or_missing(step):
-            return self.record(step, batch_index, logits)
-        return self._as_stored(logits)
-
     def _as_stored(self, logits: torch.Tensor) -> torch.Tensor:
         """The logits as the stream keeps them: every trial trains on these, whatever its role."""
         return logits.to(self.dtype).float() if self.dtype != torch.float32 else logits
 
-    def _pending_or_missing(self, step: int) -> bool:
-        return bool(self._pending) or not self._chunk_path(step // CHUNK_BATCHES).is_file()
-
-    def _chunk_path(self, number: int) -> Path:
-        assert self.folder is not None
-        return self.folder / f"chunk_{number:05d}.pt"
-
     def _stored(self, step: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Step ``step``'s (indices, logits) from its chunk, waiting for a live writer; None to compute."""
-        if self.folder is None:
-            return None
-        number, offset = divmod(step, CHUNK_BATCHES)
-        if number != self._chunk_no:
-            self._chunk, self._chunk_no = self._load(number), number
+        offset = step % CHUNK_BATCHES
         chunk = self._chunk
         if chunk is None or offset >= len(chunk["index"]):
             return None
         return chunk["index"][offset], chunk["logits"][offset]
 
-    def _load(self, number: int) -> dict[str, Any] | None:
+    # -- chunks -------------------------------------------------------------------------------------------
+    def _chunk_path(self, number: int) -> Path:
+        assert self.folder is not None
+        return self.folder / f"chunk_{number:05d}.pt"
+
+    def _lock_path(self, number: int) -> Path:
+        assert self.folder is not None
+        return self.folder / f"chunk_{number:05d}.lock"
+
+    def _open_chunk(self, number: int, wait: bool) -> dict[str, Any] | None:
+        """Chunk ``number`` read from its file; or None to compute its steps live, as its writer when this
+        trial took its lock. ``wait``: while another trial holds the lock, compute ahead or poll for it."""
         path = self._chunk_path(number)
         deadline = time.monotonic() + WAIT_S
-        while not path.is_file():
-            if self._lock is not None or self._pending or self._given_up:
-                return None  # the writer (nobody else will write it), or done waiting this epoch
-            self._lock = _try_lock(self.folder.with_suffix(".lock"))
-            if self._lock is not None:  # the writer is gone (finished short, or died): take over
-                return self._read(path) if path.is_file() else None
-            if time.monotonic() > deadline:
-                self._given_up = True
+        while True:
+            if path.is_file():
+                chunk = self._read(path) if wait else None
+                if chunk is not None or not wait:
+                    return chunk
+            lock = _try_lock(self._lock_path(number))
+            if lock is not None:
+                chunk = self._read(path) if path.is_file() else None  # written just now?
+                if chunk is not None:
+                    _release(lock, self._lock_path(number))
+                    return chunk
+                path.unlink(missing_ok=True)  # unreadable (cut short): this trial writes it again
+                self._evict_once()
+                self._writing = (number, lock)
                 return None
-            time.sleep(POLL_S)
-        chunk = self._read(path)
-        if chunk is None and self._lock is not None:
-            path.unlink(missing_ok=True)  # unreadable, and this trial writes the epoch: write it again
-        return chunk
+            if not wait or time.monotonic() > deadline:
+                return None  # another trial is computing it; so does this one, without writing
+            if self._help(number):
+                deadline = time.monotonic() + WAIT_S  # the timeout is for a stuck writer, not for helping
+            else:
+                time.sleep(POLL_S)
+
+    def _help(self, number: int) -> bool:
+        """While chunk ``number`` is another trial's: compute the first later chunk nobody has (True), or
+        find none (False)."""
+        if self._ahead_source is None or self._teacher is None:
+            return False
+        candidate = number + 1
+        while self._end_chunk is None or candidate < self._end_chunk:
+            path, lock_path = self._chunk_path(candidate), self._lock_path(candidate)
+            lock = None if path.is_file() else _try_lock(lock_path)
+            if lock is not None:
+                if path.is_file():
+                    _release(lock, lock_path)
+                else:
+                    batches = self._batches_of(candidate)
+                    if not batches:
+                        self._end_chunk = candidate
+                        _release(lock, lock_path)
+                        return False
+                    self._evict_once()
+                    logits = [self._teacher(b.x).to(self.dtype).cpu() for b in batches]
+                    self._write(path, [b.index.cpu() for b in batches], logits)
+                    _release(lock, lock_path)
+                    return True
+            candidate += 1
+        return False
+
+    def _batches_of(self, number: int) -> list[Batch]:
+        """The epoch's batches of chunk ``number``, from the look-ahead iterator (restarted if it is past)."""
+        assert self._ahead_source is not None
+        first = number * CHUNK_BATCHES
+        if self._ahead is None or self._ahead_step > first:
+            self._ahead, self._ahead_step = self._ahead_source(self.epoch), 0
+        for _ in itertools.islice(self._ahead, first - self._ahead_step):
+            pass
+        self._ahead_step = first
+        batches = list(itertools.islice(self._ahead, CHUNK_BATCHES))
+        self._ahead_step += len(batches)
+        return batches
 
     @staticmethod
     def _read(path: Path) -> dict[str, Any] | None:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - unreadable (e.g. truncated by a full disk): compute instead
+        except Exception:  # noqa: BLE001 - unreadable (cut short by a full disk, evicted meanwhile): compute
             return None
 
-    def _flush(self) -> None:
-        if not self._pending or self.folder is None:
-            return
-        number = self._first_pending // CHUNK_BATCHES
-        path = self._chunk_path(number)
-        if not path.is_file():
-            chunk = {"index": [i for i, _ in self._pending], "logits": [v for _, v in self._pending]}
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            torch.save(chunk, tmp)
+    @staticmethod
+    def _write(path: Path, index: list[torch.Tensor], logits: list[torch.Tensor]) -> None:
+        """Atomically: a temporary name, then a rename. A failed write (full disk) costs only the sharing."""
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"index": index, "logits": logits}, tmp)
             tmp.replace(path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+
+    def _flush(self) -> None:
+        """Write the chunk this trial was writing (what it has of it) and free its lock."""
+        if self._writing is None:
+            return
+        number, lock = self._writing
+        self._writing = None
+        if self._pending:
+            self._write(self._chunk_path(number), [i for i, _ in self._pending], [v for _, v in self._pending])
         self._pending = []
+        _release(lock, self._lock_path(number))
+
+    def _evict_once(self) -> None:
+        if not self._evicted:
+            self._evicted = True
+            self._evict()
 
     def _evict(self) -> None:
         """Remove the oldest epochs of the stream folder until it fits ``teacher_stream_max_gb``."""
-        epochs = sorted(
-            (p for p in self.root.glob("*/epoch_*") if p.is_dir() and p != self.folder), key=lambda p: p.stat().st_mtime
-        )
-        total = sum(f.stat().st_size for f in self.root.rglob("chunk_*.pt"))
+        epochs = sorted((p for p in self.root.glob("*/epoch_*") if p.is_dir() and p != self.folder), key=_mtime)
+        total = stream_size_bytes(self.root)
         for folder in epochs:
             if total <= self.max_bytes:
                 break
-            size = sum(f.stat().st_size for f in folder.glob("chunk_*.pt"))
+            if _busy(folder):
+                continue
+            size = stream_size_bytes(folder)
             with contextlib.suppress(OSError):
                 shutil.rmtree(folder)
                 total -= size
 
 
 def stream_size_bytes(root: str | Path) -> int:
-    """Bytes the stream folder holds (for ``study status``)."""
-    return sum(f.stat().st_size for f in Path(root).rglob("chunk_*.pt"))
+    """Bytes of the chunks under ``root`` (a stream folder or one epoch of it)."""
+    total = 0
+    for f in Path(root).rglob("chunk_*.pt"):
+        with contextlib.suppress(OSError):  # evicted meanwhile
+            total += f.stat().st_size
+    return total
