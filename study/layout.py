@@ -41,6 +41,10 @@ ERROR_FILE = "error.txt"
 EPOCH_LOG = "epoch_log.jsonl"
 TRIAL_MARKS = (PARAMS_FILE, RESULT_FILE, EPOCH_LOG)
 """Files that make a folder of an experiment a trial folder (with ``checkpoint_*`` sub-folders)."""
+STREAM_DIR = "teacher_stream"
+"""Folder of the study dir where its trials share the teacher stream (README "Teacher source")."""
+STREAM_CHUNKS = "chunk_*.pt"
+"""The stream's data files (``<key>/epoch_XXXX/chunk_XXXXX.pt``; locks and temporary files are not data)."""
 REPORT_OUTPUTS = ("figures", "tables")
 """Folders ``study report`` writes into a study dir (never trial folders)."""
 
@@ -58,6 +62,8 @@ VAL_TOP5 = "val/top5"
 TEST_TOP1 = "test/top1"
 TEST_TOP5 = "test/top5"
 TEACHER_CALLS = "teacher_calls"
+TEACHER_CALLS_COMPUTED = "teacher_calls_computed"
+"""Teacher passes a trial ran itself; ``teacher_calls`` counts those its method asked for (served or run)."""
 BOUND_TERMS = ("bound/teacher_err", "bound/student_err", "bound/delta1", "bound/delta2", "bound/rhs")
 SC_TERMS = ("sc/labels", "sc/random_labels", "sc/offline_teacher", "sc/online_teacher")
 
@@ -91,6 +97,20 @@ def pair_display(teacher: Any, student: Any) -> str:
     if teacher is None or (isinstance(teacher, float) and math.isnan(teacher)):
         return str(student)
     return f"{teacher} → {student}"
+
+
+# -- the teacher stream ---------------------------------------------------------------------------------------
+def stream_size(study_dir: str | Path) -> tuple[int, int]:
+    """(bytes, epochs) the study's teacher stream holds; (0, 0) without one. Read while trials write it."""
+    root = Path(study_dir) / STREAM_DIR
+    total, epochs = 0, set()
+    for f in root.glob(f"*/epoch_*/{STREAM_CHUNKS}"):
+        try:
+            total += f.stat().st_size
+        except OSError:  # evicted meanwhile
+            continue
+        epochs.add(f.parent)
+    return total, len(epochs)
 
 
 # -- the manifest ---------------------------------------------------------------------------------------------

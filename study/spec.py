@@ -35,8 +35,6 @@ from .spec_schema import suggest as suggest
 RUNTIME_KEYS = ("device", "amp", "channels_last", "compile", "eval_batch_size", "gpu_memory_fraction", "batch_size")
 """Global ``config`` keys that also apply to the teacher stage (besides data keys)."""
 
-STREAM_FOLDER = "teacher_stream"
-"""Folder of the study dir where the teacher stream of its trials lives (README "Teacher source")."""
 TRAJECTORY_KEY = "teacher_trajectory"
 """Config key through which a method (online distillation) receives the teacher's checkpoint trajectory."""
 
@@ -210,7 +208,7 @@ class Spec:
             if TRAJECTORY_KEY in allowed_keys(cls.defaults) and files.get("trajectory"):
                 cfg.setdefault(TRAJECTORY_KEY, files["trajectory"])
             if cfg.get("teacher_stream", "auto") is not False:  # the trials share the teacher's outputs
-                cfg.setdefault("teacher_stream_dir", str(self.study_dir / STREAM_FOLDER))
+                cfg.setdefault("teacher_stream_dir", str(self.study_dir / layout.STREAM_DIR))
         return cfg
 
     def teacher_config(self, arch: str, trajectory_dir: str) -> dict[str, Any]:

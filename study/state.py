@@ -83,11 +83,22 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _size(n: int) -> str:
+    """Bytes as people read them: ``812 KiB``, ``3.4 GiB`` (``teacher_stream_max_gb`` counts GiB, 2**30 bytes)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} B"
+
+
 def status_table(study_dir: str | Path, metric: str = layout.VAL_TOP1, mode: str = "max") -> str:
     """A plain-text table: one row per trial, grouped by stage, with the parameters that vary in it."""
     rows = trial_rows(study_dir, metric=metric, mode=mode)
     manifest = layout.load_manifest(study_dir)
     lines = [f"study {manifest.get('name')} at {Path(study_dir).absolute()}"]
+    size, epochs = layout.stream_size(study_dir)
+    if epochs:
+        lines.append(f"teacher stream: {_size(size)} in {epochs} epoch(s) ({layout.STREAM_DIR}/)")
     for stage in manifest["stages"]:
         stage_rows = [r for r in rows if r["stage"] == stage["name"]]
         note = f" ({stage['note']})" if stage.get("note") else ""
