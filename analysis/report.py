@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from study.layout import pair_display
+from study.layout import TEACHER_CALLS, TEACHER_CALLS_COMPUTED, pair_display
 
 from . import paper
 from .curves import FigureResult, build_figures
@@ -139,6 +139,9 @@ def _overview(doc: _Doc, study: Study) -> None:
         f"Epochs per trial: {', '.join(epochs) or DASH}",
         f"Searched or varied keys: {', '.join(study.knobs()) or 'none'}",
     ]
+    passes = _teacher_passes(trials)
+    if passes:
+        items.append(passes)
     matched = _reproduced(study)
     if matched:
         items.append("Reproduces the paper's " + ", ".join(t.replace("table", "Table ") for t in matched)
@@ -148,6 +151,30 @@ def _overview(doc: _Doc, study: Study) -> None:
              "standard deviation over the seeds of the configuration selected on the validation split (the test "
              "split is never used to choose); the number of seeds and the paper's number are on hover and in the "
              "CSV. Bold marks the best cell of a column.", cls="note")
+
+
+def teacher_passes(trials: pd.DataFrame) -> tuple[int, int, int] | None:
+    """(passes computed, passes requested, trials counted): the study's teacher forward passes, summed over
+    the trials that report both counts (each trial's last report; a resumed trial's counts carry on)."""
+    if trials.empty or TEACHER_CALLS_COMPUTED not in trials or TEACHER_CALLS not in trials:
+        return None
+    both = trials[[TEACHER_CALLS_COMPUTED, TEACHER_CALLS]].apply(pd.to_numeric, errors="coerce").dropna()
+    if both.empty:
+        return None
+    return int(both[TEACHER_CALLS_COMPUTED].sum()), int(both[TEACHER_CALLS].sum()), len(both)
+
+
+def _teacher_passes(trials: pd.DataFrame) -> str | None:
+    counts = teacher_passes(trials)
+    if counts is None:
+        return None
+    computed, requested, n = counts
+    if not requested:
+        return None
+    share = f" ({100 * computed / requested:.0f} %)"
+    return (f"Teacher passes: {computed:,} computed of {requested:,} requested{share} over {n} trial(s); the "
+            "teacher stream, the shared store and the budget cache served the rest (teacher_calls_computed "
+            "against teacher_calls)")
 
 
 def _methods_text(trials: pd.DataFrame) -> str:

@@ -175,3 +175,40 @@ def test_minimal_manifest_still_loads(small: Path, tmp_path: Path) -> None:
     assert layout.stage_kinds(copy) == {"teachers": "teachers", "grid-ce": "grid", "grid-kd": "grid"}
     build_report(copy, tmp_path / "out")
     assert "Status: finished" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_status_shows_the_teacher_stream_and_the_report_the_teacher_passes(small: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from analysis.report import build_report, teacher_passes
+
+    copy = shutil.copytree(small, tmp_path / "streamed")
+    assert "teacher stream" not in status_table(copy) and layout.stream_size(copy) == (0, 0)
+    epoch = copy / layout.STREAM_DIR / "key" / "epoch_0000"
+    epoch.mkdir(parents=True)
+    (epoch / "chunk_00000.pt").write_bytes(b"x" * 3 * 2**20)
+    (epoch / "chunk_00001.pt").write_bytes(b"x" * 2**19)
+    (epoch / "chunk_00002.lock").write_bytes(b"")  # a chunk being written: its lock and temporary file
+    (epoch / "chunk_00002.pt.7.tmp").write_bytes(b"x" * 2**20)
+    (epoch.parent / "epoch_0001").mkdir()  # an epoch nothing was written to yet
+    assert layout.stream_size(copy) == (3 * 2**20 + 2**19, 1)
+    assert "teacher stream: 3.5 MiB in 1 epoch(s) (teacher_stream/)" in status_table(copy)
+
+    frame = pd.DataFrame({layout.TEACHER_CALLS: [100, 100, 50, None],
+                          layout.TEACHER_CALLS_COMPUTED: [100, 0, 50, None]})
+    assert teacher_passes(frame) == (150, 250, 3)  # a trial without the counts is left out
+    assert teacher_passes(frame.drop(columns=layout.TEACHER_CALLS_COMPUTED)) is None  # runs before the count
+    requested, counted = 0, 0
+    for result in copy.rglob(layout.RESULT_FILE):  # every trial ran a quarter of the passes it asked for
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if layout.TEACHER_CALLS not in rows[-1]:
+            continue
+        for row in rows:
+            row[layout.TEACHER_CALLS_COMPUTED] = row[layout.TEACHER_CALLS] // 4
+        result.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        requested, counted = requested + rows[-1][layout.TEACHER_CALLS], counted + 1
+    assert requested and counted
+    build_report(copy, tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text()
+    line = f"Teacher passes: {requested // 4:,} computed of {requested:,} requested (25 %) over {counted} trial(s)"
+    assert line in text, text[:3000]
