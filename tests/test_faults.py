@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,16 +78,16 @@ def uninterrupted(ray_session, tmp_path_factory) -> dict:
 class Saboteur(threading.Thread):
     """Watches the study's only trial; once it has ``after`` complete checkpoints, runs ``act(trial_dir, pid)``."""
 
-    def __init__(self, exp_dir: Path, after: int, act) -> None:
+    def __init__(self, exp_dir: Path, after: int, act, pattern: str = "ce_*") -> None:
         super().__init__(daemon=True)
-        self.exp_dir, self.after, self.act = exp_dir, after, act
+        self.exp_dir, self.after, self.act, self.pattern = exp_dir, after, act, pattern
         self.done = threading.Event()
         self.stop = threading.Event()
         self.record: dict = {}
 
     def run(self) -> None:
         while not self.stop.is_set():
-            for trial_dir in self.exp_dir.glob("ce_*"):
+            for trial_dir in self.exp_dir.glob(self.pattern):
                 log = _epoch_log(trial_dir)
                 if len(_complete_epochs(trial_dir)) >= self.after and log:
                     self.record = self.act(trial_dir, log[-1]["pid"]) or {}
@@ -135,6 +136,52 @@ def test_a_worker_killed_mid_epoch_is_retried_from_its_newest_checkpoint(uninter
     assert first[: newest] == list(range(1, newest + 1))
     assert second == list(range(newest + 1, EPOCHS + 1))  # continued after its newest checkpoint
     assert _final(trial["dir"]) == uninterrupted
+
+
+def _kd_spec(tmp_path: Path, name: str, teacher_file: Path, **config) -> dict:
+    """One kd trial on a seeded resnet8 teacher file, 2 chunks of the teacher stream an epoch (16 batches)."""
+    return _spec_data(tmp_path, name, methods=["kd"],
+                      teacher={"train": False, "checkpoints": {"resnet8": str(teacher_file)}},
+                      config={"epochs": EPOCHS, "batch_size": 16, "train_subset": 256, **config})
+
+
+def test_a_worker_killed_on_the_teacher_stream_is_retried_to_an_uninterrupted_runs_metrics(ray_session, tmp_path):
+    """Killed mid-epoch while it writes and reads the study's teacher stream; the retry reads the chunks it
+    finds, computes the rest, and ends where a run without the stream ends."""
+    import torch
+
+    from analysis.load import load_study
+    from analysis.report import teacher_passes
+    from study.state import status_table
+    from trainables import models
+
+    torch.manual_seed(0)
+    teacher_file = tmp_path / "teacher.pt"
+    torch.save({"model": models.create("resnet8", num_classes=10).state_dict()}, teacher_file)
+    straight_dir = run_study(validate(_kd_spec(tmp_path, "straight", teacher_file, teacher_stream=False)),
+                             verbose=0, report=False)
+    (straight,) = experiment_trials(straight_dir / "grid-kd")
+    assert not (straight_dir / "teacher_stream").exists()
+
+    def kill(trial_dir: Path, pid: int) -> dict:
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        return {"newest": _complete_epochs(trial_dir)[-1]}
+
+    saboteur = Saboteur(tmp_path / "killed" / "grid-kd", after=1, act=kill, pattern="kd_*")
+    study_dir = _run_with(validate(_kd_spec(tmp_path, "killed", teacher_file)), saboteur)
+    (trial,) = experiment_trials(study_dir / "grid-kd")
+    assert trial["status"] == "TERMINATED"
+    first, second = _attempts(_epoch_log(trial["dir"]))  # one retry, in another process
+    assert saboteur.record["newest"] < EPOCHS and second[-1] == EPOCHS
+    assert _final(trial["dir"]) == _final(straight["dir"])
+    last = read_results(trial["dir"])[-1]
+    assert last["teacher_calls"] == 256 * EPOCHS >= last["teacher_calls_computed"] > 0
+    chunks = sorted(p.relative_to(study_dir / "teacher_stream").parts[1:]
+                    for p in (study_dir / "teacher_stream").rglob("chunk_*.pt"))
+    assert chunks == [(f"epoch_{e:04d}", f"chunk_{c:05d}.pt") for e in range(EPOCHS) for c in range(2)]
+    assert re.search(rf"teacher stream: [\d.]+ KiB in {EPOCHS} epoch\(s\)", status_table(study_dir))
+    assert teacher_passes(load_study(study_dir).trials) == (last["teacher_calls_computed"], 256 * EPOCHS, 1)
 
 
 def test_a_cut_newest_checkpoint_is_passed_over_with_a_warning(uninterrupted, tmp_path):

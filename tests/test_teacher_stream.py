@@ -228,3 +228,31 @@ def test_the_oldest_epochs_are_evicted_to_fit_the_size_limit(cfg: dict, tmp_path
     s.end()
     assert stream_module.stream_size_bytes(root) == 2000 + (s.folder / "chunk_00000.pt").stat().st_size
     assert not list(s.folder.glob("*.lock")) and not list(s.folder.glob("*.tmp"))  # written and released
+
+
+TRAIN = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+from trainables.checkpoint import load_state
+from trainables.loop import train
+from trainables.reporting import RunDirReporter
+reporter = RunDirReporter(sys.argv[2])
+train(json.loads(sys.argv[1]), reporter=reporter, workdir=sys.argv[2])
+torch.save(load_state(reporter.checkpoint_dir)["method"], sys.argv[2] + "/weights.pt")
+print(json.dumps(reporter.history[-1]["teacher_calls_computed"]))
+"""
+
+
+@pytest.mark.slow
+def test_two_concurrent_trials_compute_each_batch_once_and_train_like_one_alone(cfg: dict, tmp_path: Path) -> None:
+    cfg = {**cfg, "epochs": 1, "train_subset": 640}  # 20 batches: 3 chunks
+    _, reference = _run({**cfg, "teacher_stream": False}, tmp_path / "reference")
+    procs = [subprocess.Popen([sys.executable, "-c", TRAIN, json.dumps(cfg), str(tmp_path / f"t{i}")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
+    computed = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert sum(computed) == 640, computed  # every chunk by one of them: written, or computed ahead, once
+    for i in range(2):
+        assert _same_weights(reference, torch.load(tmp_path / f"t{i}" / "weights.pt", weights_only=True))
