@@ -5,12 +5,14 @@ resnet32x4 teacher and resnet8x4 students, as one real Ray Tune experiment per m
 other in this process: ``live`` (``teacher_stream: false``, every trial runs the teacher) and ``stream``
 (the trials share ``<tmp>/teacher_stream``). The trials differ in ``lr`` only, so they meet the teacher
 on the same batches. Prints wall time and training images/s of each mode, their ratio, and the teacher
-passes computed against those requested (from the trials' ``teacher_calls_computed`` / ``teacher_calls``).
+passes computed against those requested (from the trials' ``teacher_calls_computed`` / ``teacher_calls``)
+and the machine's 1-minute load average before and after each mode (other jobs change the figures).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -59,8 +61,10 @@ def run_mode(args: argparse.Namespace, teacher_file: Path, work: Path, stream: b
         param_space=space,
         run_config=tune.RunConfig(name=name, storage_path=str(work / "ray"), verbose=0),
     )
+    load = os.getloadavg()[0]
     start = time.perf_counter()
-    results = tuner.fit()
+    with contextlib.redirect_stdout(sys.stderr):  # Tune's tables go to stderr: stdout is the result
+        results = tuner.fit()
     wall = time.perf_counter() - start
     finals = [r.metrics for r in results]
     errors = [str(r.error) for r in results if r.error]
@@ -69,6 +73,7 @@ def run_mode(args: argparse.Namespace, teacher_file: Path, work: Path, stream: b
     images = sum(int(m["epoch"]) for m in finals) * train_images(args)
     return {
         "mode": name,
+        "load_1min": [load, os.getloadavg()[0]],
         "wall_s": wall,
         "img_s": images / wall,
         "teacher_calls": sum(int(m["teacher_calls"]) for m in finals),
@@ -129,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{train_images(args)} synthetic images, batch {args.batch_size}, device {args.device}")
     for r in (live, stream):
         print(f"  {r['mode']:>6}: {r['wall_s']:8.1f} s  {r['img_s']:8.1f} img/s  teacher passes computed "
-              f"{r['teacher_calls_computed']} of {r['teacher_calls']} requested")
+              f"{r['teacher_calls_computed']} of {r['teacher_calls']} requested  (load "
+              f"{r['load_1min'][0]:.1f} -> {r['load_1min'][1]:.1f} on {os.cpu_count()} cores)")
     print(f"  ratio (live wall / stream wall): {out['ratio']:.2f}x")
     return 0
 

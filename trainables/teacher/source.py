@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..data import DATA_KEYS, training_batches
+from ..data import DATA_KEYS, TensorSplit, training_batches
 from ..errors import TeacherBudgetExceeded
 from .budget import label_once
 from .network import FrozenTeacher, TeacherOutput, load_teacher_model
@@ -237,8 +237,10 @@ def build_source(cfg: Mapping[str, Any], plan: TeacherPlan, network: FrozenTeach
         source.store = _shared_store(cfg, source, train)
     if stream_enabled(cfg):
         device = next(network.model.parameters()).device
-        source.stream = TeacherStream(cfg, device, network.autocast_dtype,
-                                      ahead=lambda epoch: training_batches(train, cfg, epoch),
+        # Look ahead only where an epoch's batches are a pure function of (seed, epoch): a DataLoader's
+        # transforms draw from the process's global generator (0 workers) or start workers of their own.
+        ahead = (lambda epoch: training_batches(train, cfg, epoch)) if isinstance(train, TensorSplit) else None
+        source.stream = TeacherStream(cfg, device, network.autocast_dtype, ahead=ahead,
                                       teacher=lambda x: source._forward(x).logits)
     return source
 
