@@ -256,3 +256,14 @@ def test_two_concurrent_trials_compute_each_batch_once_and_train_like_one_alone(
     assert sum(computed) == 640, computed  # every chunk by one of them: written, or computed ahead, once
     for i in range(2):
         assert _same_weights(reference, torch.load(tmp_path / f"t{i}" / "weights.pt", weights_only=True))
+
+
+def test_no_stream_where_a_dataloader_augments_from_the_global_generator():
+    """``num_workers: 0`` on a folder data set: crops depend on the process's RNG, not (seed, epoch)."""
+    from trainables.data import LoaderSplit
+    from trainables.teacher.source import _epochs_are_reproducible
+
+    images = torch.utils.data.TensorDataset(torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
+    with pytest.warns(UserWarning, match="teacher stream off: with num_workers 0"):
+        assert not _epochs_are_reproducible(LoaderSplit(images, images, None, num_workers=0), {})
+    assert _epochs_are_reproducible(LoaderSplit(images, images, None, num_workers=2), {})

@@ -21,6 +21,7 @@ travels in the trial checkpoint, so a resumed trial asks the teacher nothing it 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..data import DATA_KEYS, TensorSplit, training_batches
+from ..data import DATA_KEYS, LoaderSplit, Split, TensorSplit, training_batches
 from ..errors import TeacherBudgetExceeded
 from .budget import label_once
 from .network import FrozenTeacher, TeacherOutput, load_teacher_model
@@ -235,7 +236,7 @@ def build_source(cfg: Mapping[str, Any], plan: TeacherPlan, network: FrozenTeach
     )
     if cfg.get("teacher_store"):
         source.store = _shared_store(cfg, source, train)
-    if stream_enabled(cfg):
+    if stream_enabled(cfg) and _epochs_are_reproducible(train, cfg):
         device = next(network.model.parameters()).device
         # Look ahead only where an epoch's batches are a pure function of (seed, epoch): a DataLoader's
         # transforms draw from the process's global generator (0 workers) or start workers of their own.
@@ -243,6 +244,23 @@ def build_source(cfg: Mapping[str, Any], plan: TeacherPlan, network: FrozenTeach
         source.stream = TeacherStream(cfg, device, network.autocast_dtype, ahead=ahead,
                                       teacher=lambda x: source._forward(x).logits)
     return source
+
+
+def _epochs_are_reproducible(train: Split, cfg: Mapping[str, Any]) -> bool:
+    """Whether an epoch's augmented batches are a function of (seed, epoch), as the stream's key assumes.
+
+    A DataLoader with ``num_workers: 0`` augments from this process's global generator, so another trial
+    (or a resumed one) would see other crops for the same indices: the stream stays off there, with a
+    warning. With workers, each worker's generator is seeded from the loader's seeded generator.
+    """
+    if isinstance(train, LoaderSplit) and train.num_workers == 0:
+        warnings.warn(
+            "teacher stream off: with num_workers 0 a folder data set's augmentation is not a function of "
+            "(seed, epoch), so stored teacher logits could belong to other crops; set num_workers >= 1 to share",
+            stacklevel=2,
+        )
+        return False
+    return True
 
 
 def _shared_store(cfg: Mapping[str, Any], source: TeacherSource, train: Split) -> TeacherStore:
