@@ -163,7 +163,7 @@ def test_search_space_fixed_value_and_overrides():
     space = spec.method_space("kd", spec.pairs[0])
     assert "temperature" not in space.active_knobs()
     assert space.overrides["kd_weight"] == Float(0.5, 2.0)
-    assert space.default_point() == {"lr": 0.05, "weight_decay": 5e-4, "kd_weight": 1.0, "ce_weight": 1.0}
+    assert space.default_point() == {"lr": 0.05, "weight_decay": 5e-4, "kd_weight": 0.9, "ce_weight": 0.1}
 
 
 def _asked(space: MethodSpace, forced: dict) -> set[str]:

@@ -214,9 +214,7 @@ def train_one_epoch(trial: Trial, epoch: int, max_steps: int | None = None) -> d
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     start = time.perf_counter()
-    batches = trial.data.train.batches(
-        int(cfg["batch_size"]), shuffle=True, augment=bool(cfg["augment"]), generator=generator
-    )
+    batches = method.train_batches(trial.data.train, int(cfg["batch_size"]), bool(cfg["augment"]), generator)
     for batch in itertools.islice(batches, max_steps):
         with _autocast(device, trial.amp_dtype):
             result = trial.step_fn(batch, epoch)
@@ -243,6 +241,7 @@ def train_one_epoch(trial: Trial, epoch: int, max_steps: int | None = None) -> d
     metrics = {"train/loss": float(total_sum.item()) / max(seen, 1)}
     metrics.update({f"train/loss_{name}": value for name, value in means.items()})
     metrics["train/top1"] = 100.0 * float(correct.item()) / max(seen, 1)
+    metrics["train/images"] = seen  # student images forwarded by the training steps: the epoch's compute
     metrics["throughput/img_s"] = seen / elapsed if elapsed > 0 else float("nan")
     return metrics
 

@@ -23,7 +23,7 @@ method defined anywhere else only has to be imported before a config names it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..data import Batch
+from ..data import Batch, Split
 from ..errors import ConfigError, unknown_choice
 from ..params import Param, check_declaration, defaults_of
 from ..teacher import TeacherPlan, TeacherSource
@@ -93,6 +93,15 @@ class Method(nn.Module):
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
         """Compute the prediction-path logits and the named loss terms for one batch."""
         raise NotImplementedError
+
+    def train_batches(
+        self, split: Split, batch_size: int, augment: bool, generator: torch.Generator
+    ) -> Iterator[Batch]:
+        """One epoch's training batches: a shuffled pass over the split (CKD's group sampler overrides this).
+
+        Draws from ``generator`` only (the (seed, epoch) generator), so a resumed epoch sees the same batches.
+        """
+        return split.batches(batch_size, shuffle=True, augment=augment, generator=generator)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Logits used for evaluation; methods that predict through the teacher's head override this."""
