@@ -31,6 +31,8 @@ from .render import DASH, fmt_num, fmt_signed, records_frame, to_html, to_latex,
 
 SELECT_METRIC = VAL_TOP1
 REPORT_METRIC = TEST_TOP1
+TRAIN_IMAGES = "train/images"
+"""Student images forwarded per training epoch (``trainables.loop``): the compute a method spent."""
 FULL_TRAINING = "full training set, final epoch (the paper's protocol)"
 """The protocol of trials run with ``val_fraction: 0``: no validation split, so nothing is selected on it."""
 VALIDATION_SELECTED = "selected on val/top1"
@@ -175,6 +177,8 @@ class Cell:
     best: bool = False
     best_epoch: Stat | None = None
     """``BEST_EPOCH`` over the same trials, where test was evaluated every epoch."""
+    images: Stat | None = None
+    """``train/images`` (student images forwarded per epoch) of the same trials: the budget table's compute."""
 
     @property
     def diff(self) -> float | None:
@@ -196,6 +200,8 @@ class Cell:
             out += " †"
         if self.best_epoch is not None and self.best_epoch.n:
             out += f" · best epoch {fmt_num(self.best_epoch.mean)}‡"
+        if self.images is not None and self.images.n:
+            out += f" · {self.images.mean:,.0f} img/epoch"
         return out
 
     def hover(self) -> str:
@@ -279,6 +285,7 @@ class Table:
                     "protocol": sel.protocol if sel else "",
                     "best_epoch_mean": cell.best_epoch.mean if cell.best_epoch else math.nan,
                     "best_epoch_std": cell.best_epoch.std if cell.best_epoch else math.nan,
+                    "images_per_epoch": cell.images.mean if cell.images else math.nan,
                     "selected_config": json.dumps(sel.config, default=str, sort_keys=True) if sel else "",
                     "trial_ids": " ".join(sel.trial_ids) if sel else "",
                 })
@@ -701,11 +708,16 @@ def ckd_budget(study: Study) -> Table | Skipped:
     rows = [f"{b} images" for b in budgets]
     table = Table(key, title, "Rows: teacher_budget (teacher calls = training images the teacher saw once). Test "
                   "top-1 of the configuration selected on val/top1, mean ± std over seeds (n); best method per row "
-                  "is the comparison of interest, best budget per column in bold.", "budget", rows, cols, {})
+                  "is the comparison of interest, best budget per column in bold; img/epoch: student images "
+                  "forwarded per training epoch (train/images), the compute each method spent.",
+                  "budget", rows, cols, {})
     for b, row in zip(budgets, rows):
         at = trials[_where(trials["config/teacher_budget"], lambda v, b=b: _same(v, b))]
         for (m, t, s), col in zip(combos, cols):
-            _fill(table, row, col, select(cell_trials(at, m, t, s)), REPORT_METRIC, None)
+            sel = select(cell_trials(at, m, t, s), metrics=(REPORT_METRIC, TRAIN_IMAGES))
+            _fill(table, row, col, sel, REPORT_METRIC, None)
+            if (row, col) in table.cells and sel is not None:
+                table.cells[(row, col)].images = sel.report[TRAIN_IMAGES]
     return _finish(table, study, None)
 
 

@@ -83,6 +83,18 @@ def ray_session():
     ray.shutdown()
 
 
+def write_tiny_imagenet(root: Path, classes: int = 2) -> Path:
+    """A tiny ImageFolder tree (``train/<class>/*.JPEG``, ``val/<class>/*.JPEG``, real 8x8 JPEGs). Returns root."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in range(classes):
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (40 * c, 90, 160)).save(folder / f"img_{c}.JPEG")
+    return root
+
+
 def write_fake_cifar(root: Path, dataset: str = "cifar100", per_file: int = 12) -> Path:
     """A tiny CIFAR release under ``root`` in the python format torchvision reads: one pickled dict per
     batch file (``data`` (N, 3072) uint8, ``labels``/``fine_labels``) plus the meta file. Returns its folder.

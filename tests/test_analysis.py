@@ -497,3 +497,11 @@ def test_report_renders_in_headless_chromium(study_dir: Path, tmp_path: Path) ->
     broken.write_text(page.read_text().replace("base64,iVBOR", "base64,AAAA", 1))
     images = image_probe(chromium, broken, tmp_path / "profile2")
     assert images[0]["width"] == 0 and all(i["width"] > 0 for i in images[1:])
+
+
+def test_budget_cell_shows_images_per_epoch_beside_accuracy() -> None:
+    from analysis.tables import Cell, Stat
+
+    cell = Cell(Stat.of([70.0, 72.0]), images=Stat.of([200000, 200000]))
+    assert cell.text() == "71.00 ± 1.41 · 200,000 img/epoch"
+    assert Cell(Stat.of([70.0])).text() == "70.00"

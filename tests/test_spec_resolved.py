@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import write_fake_cifar
+from conftest import write_fake_cifar, write_tiny_imagenet
 
 from study.spec import load_spec, validate
 
@@ -57,6 +57,7 @@ def _workdir(tmp: Path) -> None:
 
     write_fake_cifar(tmp / "data", "cifar100")  # validation opens the data and teacher files (study.preflight)
     write_fake_cifar(tmp / "data", "cifar10")
+    write_tiny_imagenet(tmp / "data" / "imagenet")
     (tmp / "traj").mkdir()
     torch.save({"model": create("resnet20", 10).state_dict()}, tmp / "t.pt")
 

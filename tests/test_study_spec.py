@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DELETE, spec_with
+from conftest import DELETE, spec_with, write_tiny_imagenet
 
 from study.__main__ import main
 from study.spaces import Choice, Float, MethodSpace, knobs_for, parse_dist
@@ -163,7 +163,7 @@ def test_search_space_fixed_value_and_overrides():
     space = spec.method_space("kd", spec.pairs[0])
     assert "temperature" not in space.active_knobs()
     assert space.overrides["kd_weight"] == Float(0.5, 2.0)
-    assert space.default_point() == {"lr": 0.05, "weight_decay": 5e-4, "kd_weight": 1.0, "ce_weight": 1.0}
+    assert space.default_point() == {"lr": 0.05, "weight_decay": 5e-4, "kd_weight": 0.9, "ce_weight": 0.1}
 
 
 def _asked(space: MethodSpace, forced: dict) -> set[str]:
@@ -217,5 +217,20 @@ def test_presets_validate(preset, tmp_path, fake_cifar):
         root = tmp_path / "data"
         fake_cifar(root, dataset)  # validation opens the data files (study/preflight.py)
         sets.append(f"data.root={root}")
+    if dataset == "imagenet":
+        sets.append(f"data.root={write_tiny_imagenet(tmp_path / 'imagenet')}")
     spec = load_spec(preset, sets)
     assert spec.methods
+
+
+def test_table4_preset_has_the_papers_imagenet_recipe(tmp_path):
+    root = write_tiny_imagenet(tmp_path / "imagenet")
+    spec = load_spec(REPO / "study" / "presets" / "table4_imagenet.yaml", [f"data.root={root}"])
+    data = spec.data
+    assert data["data"]["dataset"] == "imagenet"
+    assert data["pairs"] == [{"teacher": "resnet34", "student": "resnet18"},
+                             {"teacher": "resnet50", "student": "mobilenetv1"}]
+    assert {k: data["config"][k] for k in ("batch_size", "lr", "weight_decay", "epochs", "lr_milestones")} == {
+        "batch_size": 512, "lr": 0.2, "weight_decay": 1e-4, "epochs": 120, "lr_milestones": [30, 60, 90]}
+    assert set(data["methods"]) == {"ce", "kd", "dkd", "srrl", "ijckd"}
+    assert data["method_config"]["ijckd"] == {"loss_combination": "sr+fm", "connector_depth": 3}

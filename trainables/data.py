@@ -57,6 +57,18 @@ class Split:
     ) -> Iterator[Batch]:
         raise NotImplementedError
 
+    def ordered_batches(
+        self,
+        order: torch.Tensor,
+        batch_size: int,
+        *,
+        augment: bool,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[Batch]:
+        """Batches of ``batch_size`` images taken in ``order`` (split indices; one may repeat), each image with
+        its own augmentation: a sampler that is not one shuffled pass (CKD's groups) feeds the loop this way."""
+        raise NotImplementedError
+
     def __len__(self) -> int:
         return self.num_examples
 
@@ -164,14 +176,32 @@ class TensorSplit(Split):
         and copied to the device once, so the batches themselves never wait on the host.
         """
         n = self.num_examples
-        device = self.images.device
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        yield from self._cut(order, batch_size, augment, generator, drop_last_single and shuffle)
+
+    def ordered_batches(
+        self,
+        order: torch.Tensor,
+        batch_size: int,
+        *,
+        augment: bool,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[Batch]:
+        yield from self._cut(order.long(), batch_size, augment, generator, True)
+
+    def _cut(
+        self, order: torch.Tensor, batch_size: int, augment: bool, generator: torch.Generator | None,
+        drop_last_single: bool,
+    ) -> Iterator[Batch]:
+        """Batches along ``order``; all augmentation parameters drawn up front (after the order, as before)."""
+        n = int(order.shape[0])
+        device = self.images.device
         order = order.to(device)
         if augment:
             oy_all, ox_all, flip_all = (t.to(device) for t in draw_crop_flip(n, self.crop_padding, generator))
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            if drop_last_single and shuffle and stop - start == 1 and n > 1:
+            if drop_last_single and stop - start == 1 and n > 1:
                 break  # BatchNorm cannot train on a single example
             idx = order[start:stop]
             imgs = self.images[idx]
@@ -254,8 +284,31 @@ class LoaderSplit(Split):
             pin_memory=self._device.type == "cuda",
             persistent_workers=False,
         )
+        yield from self._moved(loader, augment, drop_last_single and shuffle)
+
+    def ordered_batches(
+        self,
+        order: torch.Tensor,
+        batch_size: int,
+        *,
+        augment: bool,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[Batch]:
+        dataset = self.train_dataset if augment else self.eval_dataset
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=[int(i) for i in order.tolist()],
+            generator=generator,
+            num_workers=self.num_workers,
+            pin_memory=self._device.type == "cuda",
+            persistent_workers=False,
+        )
+        yield from self._moved(loader, augment, True)
+
+    def _moved(self, loader: Any, augment: bool, drop_last_single: bool) -> Iterator[Batch]:
         for x, y, idx in loader:
-            if drop_last_single and shuffle and x.shape[0] == 1:
+            if drop_last_single and x.shape[0] == 1:
                 break
             x = x.to(self._device, non_blocking=True).contiguous(memory_format=self.memory_format)
             yield Batch(x, y.to(self._device, non_blocking=True), idx.to(self._device), augmented=augment)

@@ -24,7 +24,7 @@ import torch
 from . import checkpoint as ckpt
 from . import models
 from .config import resolve_config
-from .data import DataBundle, Split, build_data, training_batches
+from .data import DataBundle, Split, build_data
 from .device import autocast_dtype, cap_gpu_memory, configure_backends, resolve_device, use_channels_last
 from .diagnostics.epoch import EpochDiagnostics
 from .errors import NonFiniteLossError
@@ -213,7 +213,7 @@ def train_one_epoch(trial: Trial, epoch: int, max_steps: int | None = None) -> d
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     start = time.perf_counter()
-    batches = training_batches(trial.data.train, cfg, epoch)
+    batches = method.train_batches(trial.data.train, cfg, epoch)
     for batch in itertools.islice(batches, max_steps):
         with _autocast(device, trial.amp_dtype):
             result = trial.step_fn(batch, epoch)
@@ -240,6 +240,7 @@ def train_one_epoch(trial: Trial, epoch: int, max_steps: int | None = None) -> d
     metrics = {"train/loss": float(total_sum.item()) / max(seen, 1)}
     metrics.update({f"train/loss_{name}": value for name, value in means.items()})
     metrics["train/top1"] = 100.0 * float(correct.item()) / max(seen, 1)
+    metrics["train/images"] = seen  # student images forwarded by the training steps: the epoch's compute
     metrics["throughput/img_s"] = seen / elapsed if elapsed > 0 else float("nan")
     return metrics
 

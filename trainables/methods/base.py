@@ -23,7 +23,7 @@ method defined anywhere else only has to be imported before a config names it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..data import Batch
+from ..data import Batch, Split, training_batches
 from ..errors import ConfigError, unknown_choice
 from ..params import Param, check_declaration, defaults_of
 from ..teacher import TeacherPlan, TeacherSource
@@ -93,6 +93,12 @@ class Method(nn.Module):
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
         """Compute the prediction-path logits and the named loss terms for one batch."""
         raise NotImplementedError
+
+    def train_batches(self, split: Split, cfg: Mapping[str, Any], epoch: int) -> Iterator[Batch]:
+        """One epoch's training batches: by default ``trainables.data.training_batches`` (a shuffled pass
+        drawn from the (seed, epoch) generator alone, so a resumed epoch sees the same batches; the teacher
+        stream computes ahead on the same function). CKD's group sampler overrides this."""
+        return training_batches(split, cfg, epoch)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Logits used for evaluation; methods that predict through the teacher's head override this."""

@@ -2,44 +2,102 @@
 
 The teacher labels each of the n training images once (``trainables.teacher.budget``); the student then
 learns from *differences* between samples, which multiplies the training signal without new teacher
-calls. Each shuffled batch is cut into groups of k consecutive samples (``ckd_group_size``, 2 or 3),
-split into A (the first k - k//2) and B (the last k//2); for student logits, cached teacher logits and
-one-hot labels, d = mean over A - mean over B. Loss (``ckd_loss: kl``, the paper's first version):
+calls. A group holds k distinct images (``ckd_group_size``, 2 or 3), split into A (the first k - k//2)
+and B (the last k//2); for student logits, cached teacher logits and one-hot labels, d = mean over A -
+mean over B. Loss (``ckd_loss: kl``, the paper's first version):
 
     beta * T^2 * KL(softmax(d_t/T) || softmax(d_s/T)) + T^2 * KL(softmax(d_y/T) || softmax(d_s/T))
 
 (KL summed over classes, averaged over groups); ``ckd_loss: mse`` is the later version with squared
-errors averaged over classes and groups, no temperature. Samples left over when the batch size is not a
-multiple of k are forwarded but take no part in the loss.
+errors averaged over classes and groups, no temperature.
+
+Where the groups come from (``ckd_sampler``):
+
+* ``groups`` (default, the official code's sampler): a fixed set of up to ``ckd_max_groups`` (100,000, the
+  official ``max_ckd_samples``) distinct groups of k distinct training images, drawn once from a generator
+  seeded by the trial seed (``draw_groups``), so a resumed trial rebuilds the same set. An epoch is one
+  pass over the set in a seeded shuffled order, ``batch_size`` groups (``batch_size * k`` images, each
+  augmented on its own) per step, as the official DataLoader over groups.
+* ``batch``: this project's earlier sampler: each shuffled batch of ``batch_size`` images is cut into
+  groups of k consecutive samples (n/k comparisons per epoch); leftovers are forwarded but not in the loss.
 
 Both forms only see differences, so a vector added to every student logit changes nothing: the loss
-leaves the student's input-independent logit offset free, and in short runs it drifts far enough to
-bias every prediction towards one class. The paper does not say how it predicts; ``ckd_anchor`` chooses.
-``teacher_mean`` (default) predicts with student(x) - mean_s + mean_t after each training epoch, mean_s
-the student's mean logits on the n training images (clean view, eval mode; one extra forward pass over
-them per epoch) and mean_t the mean of the cached teacher logits (no teacher call): the offset that makes
-the student's difference to the average training image match the teacher's. ``none`` predicts with the
-raw student logits. The offset is a buffer of the method, saved in every checkpoint.
+leaves the student's input-independent logit offset free. The paper predicts with the raw student logits
+(``ckd_anchor: none``, the default). ``teacher_mean`` is a calibration added by this project, not the
+paper's: after each training epoch the method predicts with student(x) - mean_s + mean_t, mean_s the
+student's mean logits on the n training images (clean view, eval mode; one extra forward pass over them
+per epoch, not counted in ``train/images``) and mean_t the mean of the cached teacher logits (no teacher
+call). It changes evaluation only, never training. The offset is a buffer of the method, saved in every
+checkpoint.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+import math
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..data import Batch
+from ..checkpoint import epoch_generator
+from ..data import Batch, Split
 from ..errors import ConfigError
 from ..losses import kd_loss
-from ..params import Choice, Float, Param
+from ..params import Choice, Equals, Float, Param
 from ..teacher import TeacherPlan
 from ..teacher.budget import validate_budget
 from .base import Method, StepResult, register_method
 
 CKD_FORMS = ("kl", "mse")
-CKD_ANCHORS = ("teacher_mean", "none")
+CKD_ANCHORS = ("none", "teacher_mean")
+CKD_SAMPLERS = ("groups", "batch")
+ENUMERATE_BELOW = 5
+"""As the official code: when fewer than 5 x ``max_groups`` distinct groups exist, enumerate them all and pick
+from that list; otherwise draw random groups and drop repeats."""
+
+
+def group_count(n: int, k: int) -> int:
+    """Distinct groups of k distinct images out of n, A (k - k//2) and B (k//2) each an unordered set."""
+    a = k - k // 2
+    return math.comb(n, a) * math.comb(n - a, k - a)
+
+
+def draw_groups(n: int, k: int, max_groups: int, seed: int) -> torch.Tensor:
+    """(G, k) int64 split indices: G = min(max_groups, group_count(n, k)) distinct groups, a function of the
+    arguments alone. Each row holds k distinct indices, A (first k - k//2) and B (rest) each sorted, and no
+    row repeats; the rows are in the order they were drawn."""
+    if n < k:
+        raise ConfigError(f"ckd_group_size {k} exceeds the {n} training images; a group needs k distinct images")
+    a = k - k // 2
+    generator = torch.Generator().manual_seed(int(seed) * 1_000_033 + 101)
+    total = group_count(n, k)
+    if total < ENUMERATE_BELOW * max_groups:
+        every = _every_group(n, k, a)
+        if len(every) <= max_groups:
+            return every
+        return every[torch.randperm(len(every), generator=generator)[:max_groups]]
+    seen: dict[tuple[int, ...], None] = {}
+    while len(seen) < max_groups:
+        want = max_groups - len(seen)
+        rows = torch.randint(0, n, (want + want // 8 + 16, k), generator=generator)
+        rows = torch.cat([rows[:, :a].sort(1).values, rows[:, a:].sort(1).values], 1)
+        for row in rows.tolist():
+            if len(set(row)) == k:
+                seen.setdefault(tuple(row), None)
+                if len(seen) == max_groups:
+                    break
+    return torch.tensor(list(seen), dtype=torch.long)
+
+
+def _every_group(n: int, k: int, a: int) -> torch.Tensor:
+    """All distinct groups, for each k-subset each choice of its A positions (A and B sorted)."""
+    rows = []
+    for combo in itertools.combinations(range(n), k):
+        for pos in itertools.combinations(range(k), a):
+            rows.append([combo[i] for i in pos] + [combo[i] for i in range(k) if i not in pos])
+    return torch.tensor(rows, dtype=torch.long).reshape(-1, k)
 
 
 def comparative_differences(values: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -73,21 +131,43 @@ class CKD(Method):
         Param("ckd_beta", float, 1.0, ge=0, search=Float(0.1, 10.0, log=True), doc="weight of the teacher term"),
         Param("temperature", float, 4.0, gt=0, search=Float(1.0, 8.0), doc="softmax temperature (kl form)"),
         Param("ckd_loss", str, "kl", choices=CKD_FORMS, doc="kl (first version) or mse (later version)"),
-        Param("ckd_anchor", str, "teacher_mean", choices=CKD_ANCHORS, doc="how the free logit offset is set"),
+        Param("ckd_anchor", str, "none", choices=CKD_ANCHORS,
+              doc="prediction: raw student logits (none, the paper) or shifted to the teacher's mean (a calibration)"),
+        Param("ckd_sampler", str, "groups", choices=CKD_SAMPLERS,
+              doc="groups: a fixed seeded set of random groups, an epoch one pass over it (official code); "
+                  "batch: consecutive samples of each shuffled batch"),
+        Param("ckd_max_groups", int, 100_000, ge=1, when=Equals("ckd_sampler", "groups"),
+              doc="size of the group set (the official max_ckd_samples); fewer when fewer groups exist"),
     )
 
     @staticmethod
     def validate_config(cfg: Mapping[str, Any]) -> None:
-        if cfg["ckd_group_size"] > cfg["batch_size"]:
+        if cfg["ckd_sampler"] == "batch" and cfg["ckd_group_size"] > cfg["batch_size"]:
             raise ConfigError(
                 f"ckd_group_size {cfg['ckd_group_size']} exceeds batch_size {cfg['batch_size']}; "
-                "a batch must hold at least one group"
+                "a batch must hold at least one group (ckd_sampler: batch)"
             )
         validate_budget(cfg)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.register_buffer("logit_offset", torch.zeros(self.ctx.num_classes))
+        self.groups: torch.Tensor | None = None
+        if self.cfg["ckd_sampler"] == "groups":
+            n = len(self.ctx.extras["data"].train)
+            k, cap = int(self.cfg["ckd_group_size"]), int(self.cfg["ckd_max_groups"])
+            self.groups = draw_groups(n, k, cap, int(self.cfg["seed"]))
+
+    def train_batches(self, split: Split, cfg: Mapping[str, Any], epoch: int) -> Iterator[Batch]:
+        """``ckd_sampler: groups``: the group set in a shuffled order, ``batch_size`` groups per step, drawn
+        from the (seed, epoch) generator alone."""
+        if self.groups is None:
+            return super().train_batches(split, cfg, epoch)
+        generator = epoch_generator(int(cfg["seed"]), epoch)
+        order = self.groups[torch.randperm(len(self.groups), generator=generator)].reshape(-1)
+        k = int(self.groups.shape[1])
+        return split.ordered_batches(order, int(cfg["batch_size"]) * k, augment=bool(cfg["augment"]),
+                                     generator=generator)
 
     @classmethod
     def teacher_plan(cls, cfg: Mapping[str, Any]) -> TeacherPlan:

@@ -5,6 +5,10 @@ train both at once (``ce_weight * CE + hint_weight * MSE(regressor(f_s), f_t)``)
 The hint sits at the middle stage of each network (``hint_stage: middle``) or at a given stage index.
 The regressor (``hint_regressor``) is by default those benchmarks' ``ConvReg`` (see ``convreg_conv``);
 ``conv3x3`` keeps this project's earlier 3x3 conv with resizing, which also connects any size ratio.
+
+Defaults are the benchmarks' FitNet setting: CE weight 1, hint weight 100, the middle stage (RepDistiller's
+``--distill hint -r 1 -a 0 -b 100`` with ``hint_layer 2``; mdistiller's ``CFG.FITNET``: CE 1.0, FEAT 100.0,
+HINT_LAYER 2).
 """
 
 from __future__ import annotations
@@ -107,7 +111,7 @@ def pick_stage(stages: list[torch.Tensor], choice: Any) -> int:
 @register_method
 class FitNet(Method):
     name, label, order = "fitnet", "FitNet", 20
-    source = "Romero et al., ICLR 2015; single-stage form of RepDistiller/mdistiller"
+    source = "Romero et al., ICLR 2015; single-stage form and defaults (CE 1, hint 100) of RepDistiller/mdistiller"
     params = (
         Param("hint_weight", float, 100.0, ge=0, search=Float(10.0, 1000.0, log=True), doc="weight of the hint MSE"),
         Param("ce_weight", float, 1.0, ge=0, doc="weight of the cross-entropy"),

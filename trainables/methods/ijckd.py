@@ -12,6 +12,11 @@ Naming: the paper's Table 3 ablates the cross-entropy weight; that weight is ``a
 ``alpha`` / ``beta`` weigh the SR / FM terms (as in SRRL). MSE is ``F.mse_loss``'s mean over batch x
 classes by default (the worked value 0.949459 of ``shared/reference/loss_vectors.md``);
 ``mse_reduction: batchmean`` sums over classes instead.
+
+Defaults (CE 1, SR only, alpha 1, a single 1x1 connector) are the paper's Table-1 (CIFAR-100) setting. The
+official code (github.com/HuayuLiArizona/Knowledge-Distillation-Under-Ideal-Joint-Classifier-Assumption,
+ImageNet only) trains Table 4 with CE 1 + SR 1 + FM 1 through a 1x1-3x3-1x1 connector (factor 2):
+``loss_combination: sr+fm, connector_depth: 3`` (``study/presets/table4_imagenet.yaml``).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ class IJCKD(SoftmaxRegressionMethod):
     """CE + SR and/or FM through the teacher's frozen classifier (the ideal joint classifier)."""
 
     name, label, order = "ijckd", "IJCKD", 140
-    source = "Li et al., arXiv 2304.11004"
+    source = "Li et al., arXiv 2304.11004; defaults of its Table 1 (CE 1, SR 1, 1x1 connector)"
     params = (
         ALPHA_CE.replace(search=Float(0.0, 1.0), doc="CE weight through the teacher head"),
         Param("loss_combination", str, "sr", choices=LOSS_COMBINATIONS, search=Choice(LOSS_COMBINATIONS),

@@ -21,7 +21,7 @@ class SimKD(SoftmaxRegressionMethod):
     """Feature MSE only; predicts through the connector and the teacher's frozen classifier."""
 
     name, label, order = "simkd", "SimKD", 120
-    source = "Chen et al., CVPR 2022"
+    source = "Chen et al., CVPR 2022; defaults (1x1-3x3-1x1 projector, factor 2) of SimKD's official code"
     params = (CONNECTOR_DEPTH.replace(default=3), CONNECTOR_FACTOR, *OUTPUT_PARAMS)
 
     def training_step(self, batch: Batch, epoch: int) -> StepResult:

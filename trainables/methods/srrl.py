@@ -7,6 +7,9 @@ official code (github.com/jingyang2017/KD_SRRL): the connector acts on the stude
 term compares spatial means, ``MSE(mean_hw(conn(F_s)), mean_hw(F_t))``, and the SR term reads the teacher's
 head (which pools) on ``conn(F_s)``. ``spatial`` compares whole maps like the rest of the family;
 ``pooled_input`` is SimKD's re-implementation (student map pooled before the connector).
+
+Defaults are SRRL's official code: CE 1, SR 1 (``--weight 1``), FM 1, a single 1x1 conv + BN + ReLU
+connector (``transfer_conv``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class SRRL(SoftmaxRegressionMethod):
     """CE on its own head + alpha * SR logit MSE through the teacher head + beta * feature MSE."""
 
     name, label, order = "srrl", "SRRL", 110
-    source = "Yang et al., ICLR 2021"
+    source = "Yang et al., ICLR 2021; defaults (CE 1, SR 1, FM 1, 1x1 connector) of SRRL's official code"
     params = (ALPHA, BETA, *CONNECTOR_PARAMS, ALPHA_CE, FM_MODE.replace(default="spatial_mean"), MSE_REDUCTION,
               EXPORT_MODEL, EXPORT_MODULE)
     uses_own_head = True

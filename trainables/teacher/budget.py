@@ -6,10 +6,11 @@ image of the training split (which ``train_subset`` cuts down to those n images)
 training step, keeps the logits by data index, and never calls the teacher again: training reads the
 cache only.
 
-Which view of each image the teacher sees is ``teacher_cache_view``: ``clean`` (default: the
-un-augmented image, the canonical view every augmented crop of it is compared against) or
-``augmented`` (one random crop+flip per image, drawn from a generator seeded by the trial seed, so
-the cache is the same on every run of the trial). The cache is saved in the trial checkpoint, so a
+Which view of each image the teacher sees is ``teacher_cache_view``: ``augmented`` (default, as
+Comparative KD's official code, which labels its cache through the training transform: one random
+crop+flip per image, drawn from a generator seeded by the trial seed, so the cache is the same on every
+run of the trial) or ``clean`` (the un-augmented image, the canonical view every crop of it is compared
+against). The cache is saved in the trial checkpoint, so a
 resumed trial does not ask the teacher again.
 """
 

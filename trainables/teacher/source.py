@@ -224,7 +224,7 @@ def build_source(cfg: Mapping[str, Any], plan: TeacherPlan, network: FrozenTeach
     loop keys (``teacher_budget``, ``teacher_cache_view``, ``teacher_store``, ``teacher_store_dir``)."""
     once = None
     if plan.label_once:
-        once = LabelOnce(train, str(cfg.get("teacher_cache_view", "clean")), int(cfg.get("seed") or 0),
+        once = LabelOnce(train, str(cfg.get("teacher_cache_view", "augmented")), int(cfg.get("seed") or 0),
                          int(cfg["eval_batch_size"]))
     source = TeacherSource(
         network,
