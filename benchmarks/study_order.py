@@ -24,7 +24,6 @@ from typing import Any
 import yaml
 
 MODES = ("sequential", "concurrent")
-PATH_KEYS = ("teacher_checkpoint", "trajectory_dir", "teacher_trajectory")
 COMPARED = ("epoch", "train/loss", "val/top1", "test/top1")
 
 
@@ -63,7 +62,8 @@ def run_mode(spec_data: dict[str, Any], mode: str, storage: Path) -> dict[str, A
 
 
 def trial_files(study_dir: Path) -> list[dict[str, Any]]:
-    """Per trial: stage, config (no paths), reported metrics, epoch seconds and span from its own files."""
+    """Per trial: stage, config (without the study dir's own paths), reported metrics, epoch seconds and span,
+    from its own files."""
     from study.layout import read_results
     from study.state import trial_rows
 
@@ -75,7 +75,7 @@ def trial_files(study_dir: Path) -> list[dict[str, Any]]:
         epoch_s = sum(float(r.get("time/epoch_s") or 0.0) for r in results)
         span = (log[-1]["time"] - log[0]["time"] + float(results[0].get("time/epoch_s") or 0.0)) if log and results \
             else 0.0
-        config = {k: v for k, v in row["params"].items() if k not in PATH_KEYS}
+        config = {k: v for k, v in row["params"].items() if not str(v).startswith(str(study_dir))}  # own paths
         out.append({"stage": row["stage"], "kind": row["kind"], "config": json.dumps(config, sort_keys=True),
                     "metrics": [[r.get(k) for k in COMPARED] for r in results], "epoch_s": epoch_s, "span_s": span})
     return out
