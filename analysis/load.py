@@ -214,6 +214,8 @@ def load_study(study_dir: str | Path) -> Study:
     if not trials.empty:
         kinds = layout.stage_kinds(root, problems)
         trials["stage_kind"] = [kinds.get(e) or _stage_kind_from_name(e) for e in trials["experiment"]]
+        reused = layout.reused_trials(root, problems)  # a final stage's seeds[0] run is its search's trial
+        trials["final_reuse"] = [(e, n) in reused for e, n in zip(trials["experiment"], trials["trial_name"])]
     trials = paper.with_method_info(trials, root)
     spec, spec_text = _read_spec(root, problems)
     dbs = sorted({*root.glob(layout.OPTUNA_FILE), *root.glob(f"*/{layout.OPTUNA_FILE}")})

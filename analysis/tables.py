@@ -122,6 +122,7 @@ def select(
 
     When some of the trials come from a study's ``final`` stage (the configuration its search selected on
     validation, re-run for every seed), only those count: the selection was already made, on more trials.
+    The search trial a final stage reuses as its ``seeds[0]`` run (``final_reuse``) is one of them.
     """
     trials = finished(trials)
     if not trials.empty and full_training(trials):
@@ -134,8 +135,8 @@ def select(
     all_configs = [trial_config(row) for _, row in trials.iterrows()]
     candidates = len({_hashable(c) for c in all_configs})
     pool = trials
-    if "stage_kind" in trials.columns and (trials["stage_kind"] == "final").any():
-        pool = trials[(trials["stage_kind"] == "final").to_numpy()]
+    if "stage_kind" in trials.columns and _final_runs(trials).any():
+        pool = trials[_final_runs(trials).to_numpy()]
     configs = [trial_config(row) for _, row in pool.iterrows()]
     groups: dict[Any, list[int]] = {}
     for i, config in enumerate(configs):
@@ -154,6 +155,14 @@ def select(
     report = {m: Stat.of(chosen[m]) if m in chosen.columns else Stat.of([]) for m in metrics}
     return Selection(config=config, knobs={k: config.get(k) for k in sorted(varying - IDENTITY_KEYS)}, val=val,
                      report=report, n_configs=candidates, trial_ids=[str(t) for t in chosen["trial_id"]])
+
+
+def _final_runs(trials: pd.DataFrame) -> pd.Series:
+    """Trials of a final stage, and the search trials final stages reuse as their ``seeds[0]`` run."""
+    final = trials["stage_kind"] == "final"
+    if "final_reuse" in trials.columns:
+        final = final | trials["final_reuse"].fillna(False).astype(bool)
+    return final
 
 
 def _full_training_selection(trials: pd.DataFrame, metrics: Sequence[str]) -> Selection | None:

@@ -140,6 +140,25 @@ def stage_kinds(study_dir: str | Path, problems: list[str] | None = None) -> dic
     return {str(s["name"]): str(s["kind"]) for s in stages if isinstance(s, dict) and "name" in s and "kind" in s}
 
 
+def reused_trials(study_dir: str | Path, problems: list[str] | None = None) -> dict[tuple[str, str], str]:
+    """(stage, trial folder) of each search trial a final stage reuses as its ``seeds[0]`` run -> that final stage.
+
+    A final stage does not train the search's best configuration on ``seeds[0]`` again (same config, same seed:
+    the same run); ``study.json`` names the reused trial in the final stage's ``reused`` entry.
+    """
+    path = Path(study_dir) / MANIFEST
+    if not path.is_file():
+        return {}
+    data = _read_json(path, problems)
+    stages = data.get("stages", []) if isinstance(data, dict) else []
+    out = {}
+    for s in stages:
+        reused = s.get("reused") if isinstance(s, dict) else None
+        if isinstance(reused, dict) and reused.get("stage") and reused.get("trial"):
+            out[(str(reused["stage"]), str(reused["trial"]))] = str(s["name"])
+    return out
+
+
 # -- experiment state -----------------------------------------------------------------------------------------
 class Trial(TypedDict):
     """A trial as its experiment knows it. ``status`` is Ray's (None for a folder the state does not list)."""

@@ -92,3 +92,22 @@ def experiment_paths(trial: Any) -> tuple[Path, Path] | None:
     if not _local(storage):
         return None
     return Path(storage.experiment_driver_staging_path), Path(storage.experiment_fs_path)
+
+
+# -- one stop event for every Tune run of this driver ---------------------------------------------------------
+SIGNAL_SETUP = "ray.tune.tune._setup_signal_catching"
+
+
+def share_stop_event(event: Any) -> None:
+    """Make every ``tune.run`` of this process (each stage's ``Tuner.fit``, in any thread) stop on ``event``.
+
+    Tune installs its Ctrl-C handler only when ``tune.run`` runs in the main thread; stages fitted in worker
+    threads get a private event nobody sets. Tune looks ``_setup_signal_catching`` up at each call, so
+    replacing it hands every run this one event: the study's own SIGINT handler sets it and each run then
+    stops as on its own Ctrl-C (last experiment snapshot, unfinished trials left to resume).
+    """
+    import ray.tune.tune as tune_module
+
+    if not callable(getattr(tune_module, "_setup_signal_catching", None)):
+        raise _fail(f"{SIGNAL_SETUP} does not exist")
+    tune_module._setup_signal_catching = lambda: event

@@ -19,6 +19,7 @@ from typing import Any
 from ray.tune import Callback
 
 from .spec import Spec, SpecError
+from .tally import TALLY
 
 TEACHER_MAX_CPUS = 8.0
 PENDING_WARNING_ENV = "KDSTUDY_PENDING_WARNING_S"
@@ -137,7 +138,8 @@ class PendingTrialWarning(Callback):
         if self._warned:
             return
         pending = [t for t in trials if t.status == "PENDING"]
-        if not pending or any(t.status == "RUNNING" for t in trials):
+        busy_elsewhere = TALLY.running_elsewhere(self.stage_name)  # another stage of the study holds the slots
+        if not pending or busy_elsewhere or any(t.status == "RUNNING" for t in trials):
             self._idle_since = None
             return
         now = time.monotonic()

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import statistics
 import sys
+import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import ray_compat
 from .console import tensorboard_hint, without_ray_tensorboard_hint
 from .layout import SPEC_FILE, all_finished, experiment_trials, load_manifest, orphan_dirs, save_manifest
 from .lock import study_lock
@@ -197,7 +202,7 @@ def _restored_tuner(spec: Spec, stage: Any, study_dir: Path, resources: dict[str
 
 
 def _fresh_tuner(spec: Spec, stage: Any, study_dir: Path, resources: dict[str, float], manifest: dict[str, Any],
-                 best: dict[str, Any] | None, verbose: int, callbacks: list | None) -> Any:
+                 best: dict[str, Any] | None, verbose: int, callbacks: list | None, reuse: bool = False) -> Any:
     from . import tuner as tn
 
     exp_dir = study_dir / stage.name
@@ -205,9 +210,10 @@ def _fresh_tuner(spec: Spec, stage: Any, study_dir: Path, resources: dict[str, f
         exp_dir.rename(study_dir / f".{stage.name}.abandoned-{int(time.time())}")
     if stage.kind == "search":
         tn.forget_optuna_study(spec, stage, study_dir)
-    print(f"== {stage.name}: {_describe(spec, stage)}", flush=True)
+    told = f" (seed {spec.data['seeds'][0]}: the search's trial, reused)" if reuse else ""
+    print(f"== {stage.name}: {_describe(spec, stage)}{told}", flush=True)
     return tn.build_tuner(spec, stage, study_dir, resources, trained=manifest["teachers"], best=best,
-                          verbose=verbose, callbacks=callbacks)
+                          verbose=verbose, callbacks=callbacks, reuse=reuse)
 
 
 def _finish_stage(spec: Spec, stage: Any, entry: dict[str, Any], manifest: dict[str, Any], study_dir: Path) -> None:
@@ -235,44 +241,225 @@ def _finish_stage(spec: Spec, stage: Any, entry: dict[str, Any], manifest: dict[
         metric, mode = spec.data["metric"], spec.data["mode"]
         top = best_trial(study_dir, stage.name, metric, mode)
         if top is not None:
-            entry.update(best=top["params"], best_trial=top["trial"], best_value=top[f"last {metric}"])
+            entry.update(best=top["params"], best_trial=top["trial"], best_value=top[f"last {metric}"],
+                         best_complete=top["epoch"] == top["epochs"])
     save_manifest(study_dir, manifest)
+
+
+def _start_stage(spec: Spec, stage: Any, entry: dict[str, Any], manifest: dict[str, Any], study_dir: Path,
+                 resources: dict[str, float], opts: dict[str, Any]) -> Any:
+    """Mark the stage running and return its tuner (restored or fresh); None when it has nothing to train."""
+    best, reuse = None, False
+    if stage.kind == "final":
+        best = _searched_best(manifest, stage)
+        if not best:
+            entry.update(status="skipped", note="no finished search trial to take the config from")
+            save_manifest(study_dir, manifest)
+            return None
+        reuse = _reusable(manifest, stage, spec)
+    _check_teachers(spec, stage, manifest, study_dir)
+    stage_resources = (opts["teacher_resources"] or resources) if stage.kind == "teachers" else resources
+    entry["status"] = "running"
+    save_manifest(study_dir, manifest)
+    if _restorable(study_dir, stage):
+        return _restored_tuner(spec, stage, study_dir, stage_resources, opts["retry_errored"])
+    if reuse:
+        entry["reused"] = reuse
+        if not spec.data["seeds"][1:]:
+            print(f"== {stage.name}: the search's trial {reuse['trial']} is the run on seed "
+                  f"{spec.data['seeds'][0]}; no other seed to train", flush=True)
+            entry.update(trials=0, errored=0, status="done")
+            save_manifest(study_dir, manifest)
+            return None
+    return _fresh_tuner(spec, stage, study_dir, stage_resources, manifest, best, opts["verbose"], opts["callbacks"],
+                        reuse=bool(reuse))
+
+
+def _reusable(manifest: dict[str, Any], stage: Any, spec: Spec) -> dict[str, str] | None:
+    """The search trial a final stage reuses for ``seeds[0]``: its best trial, when it ran every epoch."""
+    search = next(s for s in manifest["stages"] if s["kind"] == "search" and s["method"] == stage.method
+                  and s.get("pair") == stage.pair)
+    if not search.get("best_complete") or search.get("best", {}).get("seed") != spec.data["seeds"][0]:
+        return None
+    return {"stage": search["name"], "trial": search["best_trial"]}
+
+
+@dataclass
+class _Run:
+    """The scheduler's view of the stages of one ``run_stages`` call."""
+
+    waiting: list[str]
+    running: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # name -> (future, stage)
+    failure: BaseException | None = None
 
 
 def run_stages(spec: Spec, study_dir: Path, resources: dict[str, float], *, kinds: tuple[str, ...] | None = None,
                retry_errored: bool = False, verbose: int = 1, callbacks: list | None = None,
                teacher_resources: dict[str, float] | None = None) -> dict[str, Any]:
-    """Run every unfinished stage (optionally only some kinds) in order; returns the final manifest.
+    """Run every unfinished stage (optionally only some kinds) as a dependency graph; returns the final manifest.
 
+    Each stage is one ``Tuner.fit`` in a worker thread of this driver; a stage starts when what it needs is
+    done (``study.graph``), at most ``max_concurrent_stages`` at once (one with ``scheduling: sequential``).
     ``teacher_resources``: per-trial resources of the teacher stage (default: ``resources``).
     """
     import optuna
 
-    from .tuner import Stage
+    from .graph import stage_needs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     manifest = load_manifest(study_dir)
-    for entry in manifest["stages"]:
-        if not _wanted(entry, kinds, retry_errored):
-            continue
-        stage = Stage(entry["name"], entry["kind"], entry["method"], entry.get("pair"))
-        best = _searched_best(manifest, stage) if stage.kind == "final" else None
-        if stage.kind == "final" and not best:
-            entry.update(status="skipped", note="no finished search trial to take the config from")
-            save_manifest(study_dir, manifest)
-            continue
-        _check_teachers(spec, stage, manifest, study_dir)
-        stage_resources = (teacher_resources or resources) if stage.kind == "teachers" else resources
-        entry["status"] = "running"
-        save_manifest(study_dir, manifest)
-        if _restorable(study_dir, stage):
-            tuner = _restored_tuner(spec, stage, study_dir, stage_resources, retry_errored)
-        else:
-            tuner = _fresh_tuner(spec, stage, study_dir, stage_resources, manifest, best, verbose, callbacks)
-        with without_ray_tensorboard_hint():
-            tuner.fit()
-        _finish_stage(spec, stage, entry, manifest, study_dir)
+    sequential = spec.data.get("scheduling") == "sequential"
+    limit = 1 if sequential else int(spec.data.get("max_concurrent_stages") or len(manifest["stages"]) or 1)
+    opts = {"teacher_resources": teacher_resources, "retry_errored": retry_errored, "callbacks": callbacks,
+            "verbose": verbose if limit == 1 else 0}  # several stages: the study's summary, not Ray's tables
+    needs = stage_needs(spec, manifest["stages"], sequential)
+    run = _Run([e["name"] for e in manifest["stages"] if _wanted(e, kinds, retry_errored)])
+    stop = threading.Event()
+    ray_compat.share_stop_event(stop)
+    progress = Progress(study_dir, every=_progress_every(verbose, limit))
+    with _sigint_sets(stop), without_ray_tensorboard_hint(), \
+            ThreadPoolExecutor(max_workers=max(1, len(run.waiting)), thread_name_prefix="stage") as pool:
+        while run.waiting or run.running:
+            if run.failure is None and not stop.is_set():
+                _launch(spec, study_dir, resources, manifest, needs, run, limit, opts, pool)
+            if not run.running:
+                if run.waiting and run.failure is None and not stop.is_set():
+                    run.failure = StudyError(f"stage(s) {', '.join(run.waiting)} cannot start: what they need did "
+                                             f"not finish; see `python -m study status {study_dir}`")
+                break
+            _collect(spec, study_dir, manifest, run, stop)
+            _release_teachers(spec, study_dir, manifest, run)
+            progress.tick(manifest, run)
+    if run.failure is not None:
+        raise run.failure
     return manifest
+
+
+def _launch(spec: Spec, study_dir: Path, resources: dict[str, float], manifest: dict[str, Any], needs: dict,
+            run: _Run, limit: int, opts: dict[str, Any], pool: ThreadPoolExecutor) -> None:
+    """Start every waiting stage whose needs are met, up to ``limit`` running, in ``study.json``'s order."""
+    from .graph import ready
+    from .tuner import Stage
+
+    entries = {e["name"]: e for e in manifest["stages"]}
+    for name in list(run.waiting):
+        if len(run.running) >= limit:
+            return
+        teacher_open = "teachers" in run.waiting or "teachers" in run.running
+        if not ready(needs[name], [*run.waiting, *run.running], manifest["teachers"], teacher_open):
+            continue
+        run.waiting.remove(name)
+        entry = entries[name]
+        stage = Stage(entry["name"], entry["kind"], entry["method"], entry.get("pair"))
+        try:
+            tuner = _start_stage(spec, stage, entry, manifest, study_dir, resources, opts)
+        except StudyError as err:
+            run.failure = err
+            return
+        if tuner is not None:
+            run.running[name] = (pool.submit(tuner.fit), stage)
+
+
+def _collect(spec: Spec, study_dir: Path, manifest: dict[str, Any], run: _Run, stop: threading.Event) -> None:
+    """Wait up to a second for a stage to end; record each that did (the first failure is kept for the end)."""
+    futures = {future: name for name, (future, _) in run.running.items()}
+    finished, _ = wait(list(futures), timeout=1.0, return_when=FIRST_COMPLETED)
+    entries = {e["name"]: e for e in manifest["stages"]}
+    for future in finished:
+        name = futures[future]
+        _, stage = run.running.pop(name)
+        try:
+            future.result()
+            _finish_stage(spec, stage, entries[name], manifest, study_dir)
+        except (Interrupted, StudyError) as err:
+            run.failure = run.failure or err
+        except Exception as err:  # noqa: BLE001 - a crashed stage stops the others, then is raised
+            run.failure = run.failure or err
+            stop.set()
+
+
+def _release_teachers(spec: Spec, study_dir: Path, manifest: dict[str, Any], run: _Run) -> None:
+    """While the teacher stage runs, a teacher whose ``final.pt`` exists lets its students' stages start."""
+    from .graph import trained_teachers
+
+    if "teachers" not in run.running:
+        return
+    fresh = trained_teachers(study_dir, spec.archs_to_train(), manifest["teachers"])
+    if fresh:
+        manifest["teachers"].update(fresh)
+        save_manifest(study_dir, manifest)
+        print(f"== teacher(s) {', '.join(fresh)} trained: their students' stages may start", flush=True)
+
+
+@contextmanager
+def _sigint_sets(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C sets ``stop`` (every stage's Tune run ends as on its own Ctrl-C); a second one raises at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    original = signal.getsignal(signal.SIGINT)
+
+    def handler(sig: int, frame: Any) -> None:
+        print("\nstopping every running stage (Ctrl-C again to abort at once)", flush=True)
+        stop.set()
+        signal.signal(signal.SIGINT, original)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, original)
+
+
+PROGRESS_ENV = "KDSTUDY_PROGRESS_S"
+
+
+def _progress_every(verbose: int, limit: int) -> float | None:
+    """Seconds between progress lines (``KDSTUDY_PROGRESS_S``, default 30); none at verbose 0 or one stage."""
+    if verbose < 1 or limit == 1:
+        return None
+    try:
+        return float(os.environ.get(PROGRESS_ENV) or 30.0)
+    except ValueError:
+        return 30.0
+
+
+class Progress:
+    """The compact periodic line: stages running/done/waiting, trials running/done/errored, slots in use."""
+
+    def __init__(self, study_dir: Path, every: float | None) -> None:
+        self.study_dir, self.every = study_dir, every
+        self.last = time.monotonic()
+
+    def tick(self, manifest: dict[str, Any], run: _Run) -> None:
+        if self.every is None or time.monotonic() - self.last < self.every:
+            return
+        self.last = time.monotonic()
+        print(progress_line(manifest, run.running, len(run.waiting)), flush=True)
+
+
+def progress_line(manifest: dict[str, Any], running: Iterable[str], waiting: int) -> str:
+    """``[study] stages 2 running (teachers, search-ce), 1 done, 4 waiting | trials ... | slots 2/2 CPU``."""
+    from .tally import TALLY
+
+    running = list(running)
+    done = sum(s.get("status") in DONE for s in manifest["stages"])
+    counts = TALLY.snapshot()
+    trials = {k: sum(c[k] for c in counts.values()) for k in ("running", "done", "errored")}
+    return (f"[study] stages {len(running)} running ({', '.join(running)}), {done} done, {waiting} waiting | "
+            f"trials {trials['running']} running, {trials['done']} done, {trials['errored']} errored | "
+            f"slots {_slots()}")
+
+
+def _slots() -> str:
+    import ray
+
+    try:
+        total, free = ray.cluster_resources(), ray.available_resources()
+    except Exception:  # noqa: BLE001 - Ray gone (shutting down): the line goes without it
+        return "-"
+    parts = [f"{total[k] - free.get(k, 0):g}/{total[k]:g} {k}" for k in ("CPU", "GPU") if total.get(k)]
+    return ", ".join(parts) or "-"
 
 
 def _describe(spec: Spec, stage: Any) -> str:
@@ -304,7 +491,7 @@ def summary(spec: Spec, study_dir: Path) -> str:
     for arch, info in manifest.get("teachers", {}).items():
         lines.append(f"  teacher {arch}: {metric} {info.get('val/top1') or float('nan'):.2f} -> {info['checkpoint']}")
     for entry in manifest["stages"]:
-        stage_rows = [r for r in rows if r["stage"] == entry["name"] and r["state"] == "TERMINATED"]
+        stage_rows = [r for r in rows if _counts_for(r, entry) and r["state"] == "TERMINATED"]
         errored = entry.get("errored") or 0
         tail = f", {errored} errored" if errored else ""
         if entry["kind"] == "search" and entry.get("best"):
@@ -328,6 +515,13 @@ def summary(spec: Spec, study_dir: Path) -> str:
         elif entry.get("status") != "done":
             lines.append(f"  {entry['name']}: {entry.get('status')} {entry.get('note', '')}".rstrip())
     return "\n".join(lines)
+
+
+def _counts_for(row: dict[str, Any], entry: dict[str, Any]) -> bool:
+    """A trial row belongs to a stage's summary: its own trials, and for a final stage the reused search trial."""
+    reused = entry.get("reused") or {}
+    own = row["stage"] == entry["name"]
+    return own or (row["stage"] == reused.get("stage") and row["trial"] == reused.get("trial"))
 
 
 def _short(value: Any) -> str:
@@ -379,7 +573,8 @@ def study_outcome(study_dir: Path) -> Outcome:
     if errors:
         outcome.first_error = f"{errors[0]['stage']}/{errors[0]['trial']}: {errors[0]['error'] or 'no message'}"
     finished = {r["stage"] for r in rows if r["state"] == "TERMINATED"}
-    outcome.empty = [name for name in ended if name not in finished]
+    reusing = {s["name"] for s in manifest["stages"] if s.get("reused")}  # its seeds[0] trial is the search's
+    outcome.empty = [name for name in ended if name not in finished and name not in reusing]
     return outcome
 
 

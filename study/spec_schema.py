@@ -288,6 +288,9 @@ class StudySpec(Section):
     scheduler: SchedulerSection | None = None
     resources: Annotated[Resources, BeforeValidator(_none_as_empty)] = _section(Resources)
     max_concurrent_trials: int | None = Field(None, ge=1)
+    scheduling: Literal["concurrent", "sequential"] = Field(
+        "concurrent", description="concurrent (stages as a dependency graph) or sequential (one stage at a time)")
+    max_concurrent_stages: int | None = Field(None, ge=1)
     max_failures: int = Field(1, ge=0)
     checkpoint_keep: int = Field(2, ge=1)
     metric: Annotated[str, AfterValidator(_validation_metric)] = Field(

@@ -42,6 +42,9 @@ from typing import Any
 
 from .ray_compat import trial_storage_path
 
+DRIVER_RUN_ID = uuid.uuid4().hex
+"""Names this driver process (see ``raise_recorded_terminal``); a resumed study is a new process, a new id."""
+
 STUDY_KEYS = ("pair",)
 """Keys a study adds to a trial's config for grouping; not training config."""
 
@@ -276,12 +279,14 @@ def run_study_trial(config: dict[str, Any], run_id: str = "") -> None:
 def trainable_for(method: str) -> Callable[[dict[str, Any]], None]:
     """The study trainable for ``method``, named after it (trial names then say which method).
 
-    Each call makes a new ``run_id`` (travelling with the function to the workers): one per driver.
+    The ``run_id`` (travelling with the function to the workers) is one per driver process: stages of one
+    method fitted at the same time register the same trainable name with Tune, so whichever registration a
+    worker fetches must say the same.
     """
     from trainables.methods import get_method
 
     get_method(method)
-    run_id = uuid.uuid4().hex
+    run_id = DRIVER_RUN_ID
 
     def trainable(config: dict[str, Any]) -> None:
         run_study_trial({**config, "method": method}, run_id)

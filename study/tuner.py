@@ -29,6 +29,7 @@ from . import ray_compat
 from .layout import OPTUNA_FILE, TERMINAL, experiment_trials
 from .resources import PendingTrialWarning
 from .spec import Spec, grid_columns, grid_rows, json_key, pair_label, teacher_folder
+from .tally import TALLY
 
 RESOURCE_KEYS = ("cpu", "gpu")
 
@@ -115,6 +116,9 @@ class StudyProgress(Callback):
         self.stage_name = stage_name
         self.keys = keys
 
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        TALLY.add(self.stage_name, "running")
+
     def _params(self, trial: Any) -> str:
         parts = []
         for key in self.keys:
@@ -124,6 +128,8 @@ class StudyProgress(Callback):
         return ", ".join(parts)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        TALLY.add(self.stage_name, "running", -1)
+        TALLY.add(self.stage_name, "done")
         result = trial.last_result or {}
         val, test = result.get("val/top1"), result.get("test/top1")
         text = f"val/top1 {val:.2f}" if isinstance(val, (int, float)) else "no result"
@@ -135,6 +141,8 @@ class StudyProgress(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         from .layout import read_error
 
+        TALLY.add(self.stage_name, "running", -1)
+        TALLY.add(self.stage_name, "errored")
         message = ""
         for folder in (trial.local_path, trial.path):
             if folder and not message:
@@ -176,7 +184,9 @@ class StateBackup(Callback):
 def optuna_storage(study_dir: Path) -> Any:
     from optuna.storages import RDBStorage
 
-    return RDBStorage(f"sqlite:///{(Path(study_dir) / OPTUNA_FILE).absolute()}")
+    # Several search stages share the file at once: wait for the other's write instead of failing at 5 s.
+    return RDBStorage(f"sqlite:///{(Path(study_dir) / OPTUNA_FILE).absolute()}",
+                      engine_kwargs={"connect_args": {"timeout": 120}})
 
 
 def optuna_study_name(spec: Spec, stage: Stage) -> str:
@@ -291,13 +301,22 @@ def _grid_experiment(spec: Spec, stage: Stage, study_dir: Path, *, trained: Mapp
     return Experiment(space, show)
 
 
+def final_seeds(spec: Spec, reuse: bool) -> list[int]:
+    """The seeds a final stage trains: all but ``seeds[0]`` when the search's best trial already ran it."""
+    seeds = list(spec.data["seeds"])
+    return seeds[1:] if reuse else seeds
+
+
 def _final_experiment(spec: Spec, stage: Stage, study_dir: Path, *, best: Mapping[str, Any] | None,
-                      **_: Any) -> Experiment:
-    """The search's best config on every seed."""
+                      reuse: bool = False, **_: Any) -> Experiment:
+    """The search's best config on every seed (but ``seeds[0]`` when its search trial is reused)."""
+    from ray import tune
+
     if not best:
         raise ValueError(f"stage {stage.name} needs the best config of its search")
+    seeds = final_seeds(spec, reuse)
     space = {k: v for k, v in best.items() if k != "seed"}
-    space["seed"] = _seeds(spec)
+    space["seed"] = tune.grid_search(seeds) if len(seeds) > 1 else seeds[0]
     return Experiment(space, ["seed"])
 
 
@@ -343,16 +362,18 @@ EXPERIMENTS = {"teachers": _teachers_experiment, "grid": _grid_experiment, "fina
 
 def build_tuner(spec: Spec, stage: Stage, study_dir: Path, resources: Mapping[str, float], *,
                 trained: Mapping[str, Any] | None = None, best: Mapping[str, Any] | None = None,
-                verbose: int = 1, callbacks: list | None = None) -> Any:
+                verbose: int = 1, callbacks: list | None = None, reuse: bool = False) -> Any:
     """A fresh ``tune.Tuner`` for ``stage`` (see the module docstring for what each kind runs).
 
-    ``callbacks``: extra Tune callbacks (picklable: they are stored with the experiment).
+    ``callbacks``: extra Tune callbacks (picklable: they are stored with the experiment). ``reuse``: a final
+    stage leaves out ``seeds[0]`` (its search's best trial is that run).
     """
     from ray import tune
 
     if stage.kind not in EXPERIMENTS:  # pragma: no cover - plan() only makes the kinds above
         raise ValueError(f"unknown stage kind {stage.kind}")
-    experiment = EXPERIMENTS[stage.kind](spec, stage, study_dir, trained=trained or {}, best=best)
+    experiment = EXPERIMENTS[stage.kind](spec, stage, study_dir, trained=trained or {}, best=best,
+                                             reuse=reuse)
     space = experiment.space
     space.update({k: v for k, v in _runtime_constants(spec, resources).items() if k not in space})
     tune_config = tune.TuneConfig(

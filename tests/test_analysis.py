@@ -3,8 +3,9 @@
 Two real studies are made once per test module with ``study run`` (``study.runner.run_study``) on digits,
 resnet20 (the session teacher) -> resnet8:
 
-- ``digits-study``: ce and kd, each an Optuna search of 2 trials then the selected configuration re-run on
-  seeds 0 and 1 (stages ``search-ce``, ``final-ce``, ``search-kd``, ``final-kd``), 2 epochs per trial.
+- ``digits-study``: ce and kd, each an Optuna search of 2 trials then the selected configuration on seeds 0,
+  1 and 2 (the final stage trains 1 and 2 and reuses the search's seed-0 trial; stages ``search-ce``,
+  ``final-ce``, ``search-kd``, ``final-kd``), 2 epochs per trial.
 - ``budget-study``: kd under a teacher-call budget of 300 images (``train_subset`` 300), a grid over ``lr``
   [0.05, 1e12] (2 epochs): the huge learning rate makes the loss non-finite at its second step, so that
   trial errors; the other finishes.
@@ -53,7 +54,7 @@ def _run_study(root: Path, teacher: dict, **spec) -> Path:
 def studies(tmp_path_factory: pytest.TempPathFactory, ray_session, digits_teacher: dict) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("analysis_studies")
     return {
-        "main": _run_study(root, digits_teacher, name="digits-study", methods=["ce", "kd"], seeds=[0, 1],
+        "main": _run_study(root, digits_teacher, name="digits-study", methods=["ce", "kd"], seeds=[0, 1, 2],
                            config={"epochs": 2}, search={"trials": 2, "seed": 0}),
         "budget": _run_study(root, digits_teacher, name="budget-study", methods=["kd"], seeds=[0],
                              config={"epochs": 2}, method_config={"kd": {"teacher_budget": 300, "train_subset": 300}},
@@ -75,9 +76,16 @@ def _results(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
 
 
+def _trial_folders(stage: Path) -> list[Path]:
+    """A stage's trial folders; for a final stage the search trial it reuses as its seeds[0] run comes first."""
+    entry = next(s for s in json.loads((stage.parent / "study.json").read_text())["stages"] if s["name"] == stage.name)
+    reused = [stage.parent / entry["reused"]["stage"] / entry["reused"]["trial"]] if entry.get("reused") else []
+    return reused + [p.parent for p in sorted(stage.glob("*/params.json"))]
+
+
 def _last(stage: Path, metric: str) -> list[float]:
-    """The last reported ``metric`` of every trial folder of a stage, straight from result.json."""
-    return [_results(p.parent)[-1][metric] for p in sorted(stage.glob("*/params.json"))]
+    """The last reported ``metric`` of every trial of a stage (see ``_trial_folders``), straight from result.json."""
+    return [_results(folder)[-1][metric] for folder in _trial_folders(stage)]
 
 
 # -- loading ----------------------------------------------------------------------------------------------------
@@ -105,7 +113,8 @@ def test_trials_table_states_and_history(study_dir: Path, budget_dir: Path) -> N
         "search-ce": "search", "final-ce": "final", "search-kd": "search", "final-kd": "final"}
     assert trials.groupby("method").size().to_dict() == {"ce": 4, "kd": 4}
     assert set(trials["pair"]) == {"resnet20-resnet8"}  # the on-disk label (study.layout.pair_label)
-    assert sorted(trials[trials["experiment"] == "final-kd"]["seed"]) == [0, 1]
+    assert sorted(trials[trials["experiment"] == "final-kd"]["seed"]) == [1, 2]
+    assert trials["final_reuse"].sum() == 2  # one search trial per method is its final's seed-0 run
     assert study.optuna_dbs == [study_dir / "optuna.db"] and study.spec["name"] == "digits-study"
     for _, row in trials.iterrows():  # history: one row per reported epoch, values as in result.json
         rows = _results(Path(row["trial_dir"]))
@@ -170,7 +179,7 @@ def test_table1_matches_trials_own_results(study_dir: Path, tmp_path: Path) -> N
         test, val = _last(study_dir / f"final-{method}", "test/top1"), _last(study_dir / f"final-{method}", "val/top1")
         expected[method] = statistics.fmean(test)
         cell = table.cells[(method, PAIR)]
-        assert cell.stat.n == 2
+        assert cell.stat.n == 3
         assert cell.stat.mean == pytest.approx(statistics.fmean(test))
         assert cell.stat.std == pytest.approx(statistics.stdev(test))
         assert cell.selection.val.mean == pytest.approx(statistics.fmean(val))
@@ -183,7 +192,7 @@ def test_table1_matches_trials_own_results(study_dir: Path, tmp_path: Path) -> N
     assert report == tmp_path / "report.html"
     csv = pd.read_csv(tmp_path / "tables" / "table1_methods_by_pair.csv").set_index("row")
     for method, mean in expected.items():
-        assert csv.loc[method, "mean"] == pytest.approx(mean) and csv.loc[method, "n"] == 2
+        assert csv.loc[method, "mean"] == pytest.approx(mean) and csv.loc[method, "n"] == 3
         assert bool(csv.loc[method, "best"]) == (method == winner)
         assert csv.loc[method, "std"] == pytest.approx(statistics.stdev(_last(study_dir / f"final-{method}",
                                                                               "test/top1")))
@@ -213,7 +222,7 @@ def test_best_per_method_and_search_table(study_dir: Path, budget_dir: Path) -> 
     for method in ("ce", "kd"):
         test = _last(study_dir / f"final-{method}", "test/top1")
         assert best.loc[method, "test_top1_mean"] == pytest.approx(statistics.fmean(test))
-        assert best.loc[method, "n"] == 2
+        assert best.loc[method, "n"] == 3
     search = tables["search_top_configs"].to_frame()
     assert search.groupby("method").size().to_dict() == {"ce": 2, "kd": 2}
     assert set(search["pair"]) == {PAIR} and set(search["seeds"]) == {1}  # the search stages' trials only
@@ -272,8 +281,10 @@ def test_paper_numbers_beside_measured_ones(study_dir: Path) -> None:
 
 def _final_as(study, method_map: dict[str, str], teacher: str, student: str, knob_methods=("ijckd", "simkd"),
               **columns):
-    """The real final-stage trials relabelled in memory (methods, a paper pair, knob values by seed)."""
-    trials = study.trials[study.trials["stage_kind"] == "final"].copy()
+    """The real final runs on seeds 0 and 1 (the reused search trial is seed 0) relabelled in memory (methods, a
+    paper pair, knob values by seed)."""
+    final = (study.trials["stage_kind"] == "final") | study.trials["final_reuse"]
+    trials = study.trials[final & study.trials["seed"].isin([0, 1])].copy()
     trials["method"] = trials["method"].map(method_map)
     trials = paper.with_method_info(trials, study.root)  # the new names' labels and row order, not the old ones'
     trials["teacher"], trials["student"], trials["dataset"] = teacher, student, "cifar100"
@@ -291,7 +302,7 @@ def test_knob_layouts_on_relabelled_trials(study_dir: Path) -> None:
 
     col = "resnet32x4 → resnet8x4"
     kd_test = dict(zip((0, 1), _last(study_dir / "final-kd", "test/top1")))
-    seeds = sorted(int(json.loads(p.read_text())["seed"]) for p in (study_dir / "final-kd").glob("*/params.json"))
+    seeds = [int(json.loads((f / "params.json").read_text())["seed"]) for f in _trial_folders(study_dir / "final-kd")]
     kd_by_seed = dict(zip(seeds, _last(study_dir / "final-kd", "test/top1")))
 
     t2 = table2_connector_depth(_final_as(load_study(study_dir), {"ce": "simkd", "kd": "ijckd"}, "resnet32x4",

@@ -61,7 +61,7 @@ def test_search_study_respects_each_method_space(search_study):
     stages = {s["name"]: s for s in manifest["stages"]}
     assert list(stages) == ["search-ce", "final-ce", "search-kd", "final-kd"]
     assert all(s["status"] == "done" for s in stages.values())
-    assert [stages[n]["trials"] for n in stages] == [2, 1, 2, 1]
+    assert [stages[n]["trials"] for n in stages] == [2, 0, 2, 0]  # seeds [0]: the final reuses the search's trial
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
     for method in ("ce", "kd"):
         knobs = available_knobs(method, allowed_keys(get_method(method).defaults))
@@ -87,24 +87,25 @@ def test_search_study_respects_each_method_space(search_study):
         assert done[0].params == {k: base[k] for k in knobs}
         values = sorted(r["last val/top1"] for r in rows)
         assert sorted(t.value for t in done) == pytest.approx(values)
-        # the final stage runs the best searched config
+        # the final stage's seeds[0] run is the search trial of the best config: not trained again
         best = stages[f"search-{method}"]["best"]
         assert best["method"] == method
-        final = _search_trials(study_dir, f"final-{method}")
-        assert [r["params"] for r in final] == [best]
+        assert _search_trials(study_dir, f"final-{method}") == []
+        assert stages[f"final-{method}"]["reused"] == {"stage": f"search-{method}",
+                                                       "trial": stages[f"search-{method}"]["best_trial"]}
         assert stages[f"search-{method}"]["best_value"] == max(values)
 
 
 def test_status_reads_the_study_dir_without_ray(search_study, capsys):
     _, study_dir = search_study
     table = status_table(study_dir)
-    assert table.count("TERMINATED") == 6
+    assert table.count("TERMINATED") == 4
     assert "temperature" in table and "[final-kd]" in table
     assert main(["status", str(study_dir)]) == 0
     assert "search-kd" in capsys.readouterr().out
     assert main(["status", str(study_dir), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 6 and {r["method"] for r in rows} == {"ce", "kd"}
+    assert len(rows) == 4 and {r["method"] for r in rows} == {"ce", "kd"}
 
 
 def test_grid_study_with_a_teacher_trained_first(ray_session, tmp_path, capsys):
