@@ -15,6 +15,8 @@ log-variances in bf16 would lose what they measure.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +31,7 @@ TEMPERATURE = Param("temperature", float, 4.0, gt=0, doc="softmax temperature of
 CE_KD_PARAMS = (CE_WEIGHT, KD_WEIGHT, TEMPERATURE)
 
 
-def ce_kd_terms(cfg: dict, logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor
+def ce_kd_terms(cfg: Mapping[str, Any], logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor
                 ) -> dict[str, torch.Tensor]:
     """``{ce: ce_weight * CE}`` plus ``{kd: kd_weight * T^2 KL}`` when ``kd_weight`` > 0 (the names stay fixed
     for a trial, so a loss term never appears half-way)."""
