@@ -13,7 +13,8 @@ text, this follows RepDistiller, whose numbers the comparison tables report:
   to the normalisation's epsilon of 1e-12);
 - the paper's term is ``beta/2 * || Q_s/||Q_s|| - Q_t/||Q_t|| ||_p`` (a norm per example); the code takes
   the *squared* difference averaged over the batch and the ``H*W`` positions, with ``beta = 1000``.
-- the code raises ``f`` itself to ``p`` (no absolute value); with the default ``p = 2`` that is the same.
+- the code raises ``f`` itself to ``p``; this takes ``|f|`` as the paper does (the same for the default ``p = 2``,
+  and defined for any ``p`` on maps with negative entries such as WRN's block outputs).
 
 Defaults: ``at_beta = 1000``, ``p = 2``, CE weight 1 and KD weight 0 (``scripts/run_cifar_distill.sh``:
 ``--distill attention -a 0 -b 1000``; ``-r`` defaults to 1; ``Attention(p=2)``).
