@@ -97,6 +97,17 @@ class Curve:
 EMPTY = Curve(np.array([]), np.array([]), np.array([]), np.array([]))
 
 
+def _with_init_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The ``sc_init/*`` values (measured before the first epoch, reported with it) as ``sc/*`` rows at epoch 0,
+    so every supervision-complexity curve starts at initialisation."""
+    init = [c for c in frame.columns if str(c).startswith(layout.SC_INIT_PREFIX)]
+    if not init:
+        return frame
+    rows = frame.loc[frame[init].notna().any(axis=1), ["trial_id", *init]].drop_duplicates("trial_id", keep="last")
+    rows = rows.rename(columns={c: "sc/" + str(c)[len(layout.SC_INIT_PREFIX):] for c in init}).assign(epoch=0.0)
+    return pd.concat([rows, frame.drop(columns=init)], ignore_index=True)
+
+
 @dataclass
 class Curves:
     """The study's history indexed by trial once; per-group statistics of every metric computed once.
@@ -119,6 +130,8 @@ class Curves:
         self._frame = pd.concat([history[["trial_id", "epoch"]].reset_index(drop=True),
                                  numeric.reset_index(drop=True)], axis=1)
         self._frame["epoch"] = pd.to_numeric(self._frame["epoch"], errors="coerce")
+        self._frame = _with_init_rows(self._frame)
+        self.metrics = [c for c in self._frame.columns if c not in ("trial_id", "epoch")]
         self._rows = {str(k): v for k, v in self._frame.groupby("trial_id", sort=False).indices.items()}
         trials = self.study.trials
         self.usable = trials if trials.empty else trials[(trials["state"] != "errored") & (trials["n_reports"] > 0)]
@@ -364,10 +377,109 @@ def bound_curves(curves: Curves, out_dir: Path) -> list[FigureResult | Skipped]:
 
 
 def sc_curves(curves: Curves, out_dir: Path) -> list[FigureResult | Skipped]:
-    """Adjusted supervision complexity of the four targets against epoch."""
+    """Adjusted supervision complexity of the four targets against epoch, from initialisation (epoch 0)."""
     return _panels(curves, out_dir, "supervision_complexity", "Supervision complexity vs epoch", SC_TERMS,
-                   "adjusted supervision complexity", "sqrt(SC · tr K)/n of each target on the student's NTK at "
-                   "that epoch (lower = easier to fit); mean over seeds, band ± 1 std.", "sc/* terms")
+                   sc_axis_label(curves.usable), "sqrt(SC · tr K)/n of each target on the student's NTK at that "
+                   "epoch (lower = easier to fit); epoch 0 is the student at initialisation; mean over seeds, band "
+                   "± 1 std.", "sc/* terms")
+
+
+def sc_axis_label(trials: pd.DataFrame) -> str:
+    """The ASC axis names the kernel: with ``per_logit`` the value is the full nk x nk Gram's ASC / sqrt(k)."""
+    kinds = set(trials["config/sc_kernel"].dropna().astype(str)) if "config/sc_kernel" in trials else set()
+    kinds = kinds or {"per_logit"}  # the declared default
+    label = f"adjusted supervision complexity ({', '.join(sorted(kinds))} kernel)"
+    if "per_logit" in kinds:
+        label += "\nper_logit: full nk×nk Gram's ASC / √k"
+    return label
+
+
+def _measured_epochs(curves: Curves, group: Group, metrics: Sequence[str]) -> list[float]:
+    """Student epochs with a value of every metric: initialisation (0) and the last measurement."""
+    common: set[float] | None = None
+    for m in metrics:
+        epochs = set(curves.curve(group.trial_ids, m).epoch.tolist())
+        common = epochs if common is None else common & epochs
+    ordered = sorted(common or ())
+    return sorted({ordered[0], ordered[-1]}) if ordered else []
+
+
+def _sc_sweep(curves: Curves, out_dir: Path, key: str, title: str, metrics: dict[str, float], xlabel: str,
+              caption: str, log2: bool) -> list[FigureResult | Skipped]:
+    """One panel per group: ASC against a teacher-side variable (x), one line per student epoch measured."""
+    out: list[FigureResult | Skipped] = []
+    pairs = curves.pairs()
+    names = sorted(metrics, key=metrics.get)
+    for i, (t, s) in enumerate(pairs):
+        suffix, where = _pair_suffix(pairs, i)
+        groups = [g for g in curves.groups(t, s) if _measured_epochs(curves, g, names)]
+        if not groups:
+            continue
+        ncols = min(3, len(groups))
+        nrows = math.ceil(len(groups) / ncols)
+        fig, axes = _figure(5.2 * ncols + 1.6, 3.6 * nrows + 0.8, nrows, ncols, right=1.9, top=0.75, left=1.0)
+        for ax, g in zip(axes.flat, groups):
+            epochs = _measured_epochs(curves, g, names)
+            for e, color in zip(epochs, _colors(len(epochs))):
+                points = [curves.curve(g.trial_ids, m) for m in names]
+                ys = np.array([c.mean[c.epoch == e][0] for c in points])
+                sd = np.array([c.std[c.epoch == e][0] for c in points])
+                xs = np.array([metrics[m] for m in names])
+                name = "student at init" if e == 0 else f"student epoch {int(e)}"
+                ax.plot(xs, ys, marker="o", markersize=3, color=color, label=name)
+                if np.isfinite(sd).any():
+                    ax.fill_between(xs, ys - np.nan_to_num(sd), ys + np.nan_to_num(sd), color=color, alpha=0.2,
+                                    linewidth=0)
+            if log2:
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(list(metrics.values()), [f"{v:g}" for v in metrics.values()])
+            ax.set_title(f"{g.label} (n={len(g.trial_ids)})", fontsize=9)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(sc_axis_label(curves.usable[curves.usable["trial_id"].isin(g.trial_ids)])
+                          if "trial_id" in curves.usable else sc_axis_label(curves.usable), fontsize=8)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        for ax in list(axes.flat)[len(groups):]:
+            ax.axis("off")
+        fig.suptitle(f"{title}{where}")
+        name = f"{key}{suffix}"
+        out.append(FigureResult(name, f"{title}{where}", caption + _details(groups), _save(fig, out_dir, name),
+                                tuple(g.label for g in groups)))
+    return out or [Skipped(key, title, "no trial measured these targets")]
+
+
+def _suffix_values(curves: Curves, prefix: str) -> dict[str, float]:
+    out = {}
+    for m in curves.metrics:
+        if str(m).startswith(prefix) and curves.present(m):
+            try:
+                out[m] = float(str(m)[len(prefix):])
+            except ValueError:
+                continue
+    return out
+
+
+def sc_trajectory_curves(curves: Curves, out_dir: Path) -> list[FigureResult | Skipped]:
+    """ASC of each trajectory checkpoint's targets (at the trial's T) against the checkpoint's teacher epoch."""
+    key, title = "sc_teacher_trajectory", "Supervision complexity of the teacher's checkpoints"
+    metrics = _suffix_values(curves, layout.SC_TRAJECTORY_PREFIX)
+    if not metrics:
+        return [Skipped(key, title, "no trial reported sc/trajectory/* (online trials with sc_every > 0)")]
+    return _sc_sweep(curves, out_dir, key, title, metrics, "teacher epoch of the checkpoint",
+                     "ASC of softmax(z_t / T) of each kept teacher checkpoint on the same student kernel (the "
+                     "student at initialisation and at its last measurement); mean over seeds, band ± 1 std.",
+                     log2=False)
+
+
+def sc_temperature_curves(curves: Curves, out_dir: Path) -> list[FigureResult | Skipped]:
+    """ASC of the final teacher's softmax(z / T) against T (1, 2, 4, 8)."""
+    key, title = "sc_teacher_temperature", "Supervision complexity vs teacher temperature"
+    metrics = _suffix_values(curves, layout.SC_TEMPERATURE_PREFIX)
+    if not metrics:
+        return [Skipped(key, title, "no trial reported sc/teacher_T* (online/offline trials with sc_every > 0)")]
+    return _sc_sweep(curves, out_dir, key, title, metrics, "teacher temperature T (log scale)",
+                     "ASC of the final teacher's softmax(z_t / T) on the student's kernel at initialisation and at "
+                     "its last measurement; mean over seeds, band ± 1 std.", log2=True)
 
 
 # -- the final numbers ----------------------------------------------------------------------------------------
@@ -701,7 +813,8 @@ def _search_range(ax: Any, dist: Any) -> None:
 
 
 FIGURES: tuple[Callable[[Curves, Path], list[FigureResult | Skipped]], ...] = (
-    final_numbers, baseline_heatmap, accuracy_curves, loss_curves, bound_curves, sc_curves, budget_curve,
+    final_numbers, baseline_heatmap, accuracy_curves, loss_curves, bound_curves, sc_curves, sc_trajectory_curves,
+    sc_temperature_curves, budget_curve,
     search_figures,
 )
 

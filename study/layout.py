@@ -66,6 +66,12 @@ TEACHER_CALLS_COMPUTED = "teacher_calls_computed"
 """Teacher passes a trial ran itself; ``teacher_calls`` counts those its method asked for (served or run)."""
 BOUND_TERMS = ("bound/teacher_err", "bound/student_err", "bound/delta1", "bound/delta2", "bound/rhs")
 SC_TERMS = ("sc/labels", "sc/random_labels", "sc/offline_teacher", "sc/online_teacher")
+SC_INIT_PREFIX = "sc_init/"
+"""``sc_init/<target>``: the measurement at initialisation, reported with the first epoch (curves: epoch 0)."""
+SC_TEMPERATURE_PREFIX = "sc/teacher_T"
+"""``sc/teacher_T<T>``: the final teacher's softmax(z / T) for T in 1, 2, 4, 8."""
+SC_TRAJECTORY_PREFIX = "sc/trajectory/"
+"""``sc/trajectory/<teacher epoch>``: each trajectory checkpoint's targets (``online`` trials)."""
 
 RAY_BOOKKEEPING = frozenset({
     "config", "timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "trial_id", "date", "pid",

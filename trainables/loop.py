@@ -259,6 +259,8 @@ def train(
     trial = build_trial(config, Path(workdir) if workdir else None)
     cfg = trial.cfg
     start_epoch = restore(trial, resume_from) if resume_from else 0
+    if start_epoch == 0:
+        trial.diagnostics.before_training()
     epochs = int(cfg["epochs"])
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, epochs):

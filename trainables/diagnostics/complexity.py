@@ -35,10 +35,18 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, vmap
 
+from ..teacher.network import load_teacher_model
+
 SC_KERNELS = ("per_logit", "trace", "sum", "full")
 DEFAULT_RIDGE = 1e-6
 SC_TARGETS = ("labels", "random_labels", "offline_teacher", "online_teacher")
 """Metric suffixes: ``sc/<target>`` is the adjusted supervision complexity of that target."""
+SC_TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
+"""Temperatures the final teacher's targets are also measured at (``sc/teacher_T<T>``, the paper's sweep)."""
+TEMPERATURE_TARGET = "teacher_T"
+TRAJECTORY_TARGET = "trajectory/"
+INIT_PREFIX = "sc_init/"
+"""The measurement at initialisation (before the first epoch), reported with the first epoch's metrics."""
 
 
 @dataclass
@@ -63,18 +71,42 @@ class NTKGram:
 
     def sc(self, targets: Tensor, ridge: float = DEFAULT_RIDGE) -> float:
         """Supervision complexity tr(Y^T K^-1 Y) of ``targets`` (n, k) under this kernel."""
-        y = targets.detach().to(torch.float64)
+        return self.sc_many({"y": targets}, ridge)["y"]
+
+    def sc_many(self, targets: Mapping[str, Tensor], ridge: float = DEFAULT_RIDGE) -> dict[str, float]:
+        """SC of several targets with one factorisation per kernel block (many targets cost one solve)."""
+        names = list(targets)
+        ys = [self._checked(targets[name]) for name in names]
+        if not ys:
+            return {}
+        if self.kind == "per_logit":
+            totals = torch.zeros(len(ys), dtype=torch.float64, device=self.matrix.device)
+            for c in range(self.num_outputs):
+                rhs = torch.stack([y[:, c] for y in ys], dim=1)
+                totals += (rhs * _solve_psd(self.matrix[c], rhs, ridge)).sum(0)
+        elif self.kind == "full":
+            rhs = torch.stack([y.reshape(-1) for y in ys], dim=1)
+            totals = (rhs * _solve_psd(self.matrix, rhs, ridge)).sum(0)
+        else:
+            rhs = torch.cat(ys, dim=1)
+            totals = (rhs * _solve_psd(self.matrix, rhs, ridge)).sum(0).reshape(len(ys), -1).sum(1)
+        return {name: float(v) for name, v in zip(names, totals)}
+
+    def _checked(self, targets: Tensor) -> Tensor:
+        y = targets.detach().to(torch.float64).to(self.matrix.device)
         if y.shape != (self.num_examples, self.num_outputs):
             raise ValueError(f"targets must be ({self.num_examples}, {self.num_outputs}), got {tuple(y.shape)}")
-        if self.kind == "per_logit":
-            return sum(supervision_complexity(self.matrix[c], y[:, c : c + 1], ridge) for c in range(self.num_outputs))
-        if self.kind == "full":
-            return supervision_complexity(self.matrix, y.reshape(-1, 1), ridge)
-        return supervision_complexity(self.matrix, y, ridge)
+        return y
 
     def asc(self, targets: Tensor, ridge: float = DEFAULT_RIDGE) -> float:
         """Adjusted supervision complexity sqrt(SC * tr K) / n (tr K per output, see the module doc)."""
-        return math.sqrt(max(self.sc(targets, ridge), 0.0) * self.trace_per_output()) / self.num_examples
+        return self.asc_many({"y": targets}, ridge)["y"]
+
+    def asc_many(self, targets: Mapping[str, Tensor], ridge: float = DEFAULT_RIDGE) -> dict[str, float]:
+        """``asc`` of each named target, the kernel factorised once."""
+        trace = self.trace_per_output()
+        return {name: math.sqrt(max(sc, 0.0) * trace) / self.num_examples
+                for name, sc in self.sc_many(targets, ridge).items()}
 
 
 def _solve_psd(kernel: Tensor, rhs: Tensor, ridge: float) -> Tensor:
@@ -184,7 +216,7 @@ def complexity_metrics(
 ) -> dict[str, float]:
     """ASC of each named target (n, k) under one NTK Gram of ``model`` on ``inputs``."""
     gram = ntk_gram(model, inputs, kind)
-    return {f"{prefix}{name}": gram.asc(y, ridge) for name, y in targets.items()}
+    return {f"{prefix}{name}": value for name, value in gram.asc_many(targets, ridge).items()}
 
 
 def gather_examples(split: object, indices: Tensor) -> tuple[Tensor, Tensor]:
@@ -223,20 +255,25 @@ class ComplexityProbe:
         self.random_onehot = torch.nn.functional.one_hot(y[perm], num_classes).to(torch.float64)
 
     @torch.inference_mode()
-    def soft_targets(self, model: nn.Module, temperature: float) -> Tensor:
-        """softmax(model(x) / T) on the subset (a teacher's softened probabilities), no gradients."""
+    def logits(self, model: nn.Module) -> Tensor:
+        """model(x) on the subset in eval mode (a teacher's logits), float64, no gradients."""
         was_training = model.training
         model.eval()
         logits = model(self.x).float()
         model.train(was_training)
-        return torch.softmax(logits / float(temperature), dim=1).to(torch.float64).clone()
+        return logits.to(torch.float64).clone()
+
+    def soft_targets(self, model: nn.Module, temperature: float) -> Tensor:
+        """softmax(model(x) / T) on the subset (a teacher's softened probabilities), no gradients."""
+        return torch.softmax(self.logits(model) / float(temperature), dim=1)
 
     def metrics(
-        self, student: nn.Module, teacher_targets: Mapping[str, Tensor], kind: str, ridge: float
+        self, student: nn.Module, teacher_targets: Mapping[str, Tensor], kind: str, ridge: float,
+        prefix: str = "sc/",
     ) -> dict[str, float]:
         """``sc/labels``, ``sc/random_labels`` and ``sc/<name>`` for each teacher target, all ASC."""
         targets = {"labels": self.onehot, "random_labels": self.random_onehot, **teacher_targets}
-        return complexity_metrics(student, self.x, targets, kind, ridge)
+        return complexity_metrics(student, self.x, targets, kind, ridge, prefix)
 
 
 MAX_SC_JACOBIAN_BYTES = 4 << 30
@@ -264,11 +301,29 @@ def check_sc_settings(cfg: Mapping[str, object], student: nn.Module, train_size:
         )
 
 
-class ComplexityLog:
-    """``sc/*`` every ``sc_every`` epochs: ASC of labels, shuffled labels, the final (offline) teacher's and
-    the teacher in use's (online) softened targets, on a fixed probe of ``sc_n`` training points.
+def temperature_name(temperature: float) -> str:
+    """``teacher_T<T>``: the final teacher's softmax(z / T) (``sc/teacher_T4``)."""
+    return f"{TEMPERATURE_TARGET}{float(temperature):g}"
 
-    The final teacher's targets are computed once; teacher passes here are diagnostics, not teacher calls.
+
+def trajectory_name(epoch: int | None, index: int) -> str:
+    """``trajectory/<teacher epoch, 4 digits>``; the checkpoint's index where its epoch is unknown."""
+    return f"{TRAJECTORY_TARGET}{epoch if epoch is not None else index:04d}"
+
+
+class ComplexityLog:
+    """``sc/*`` before the first epoch and every ``sc_every`` epochs, on a fixed probe of ``sc_n`` training
+    points, all under one student NTK Gram per measurement:
+
+    * ``labels``, ``random_labels``; ``offline_teacher`` (final teacher at the trial's T) and
+      ``online_teacher`` (the teacher in use, at T);
+    * ``teacher_T<T>`` for T in ``SC_TEMPERATURES``: the final teacher's targets as a function of T;
+    * with a trajectory (``online``): ``trajectory/<epoch>``, each kept checkpoint's targets at T.
+
+    Teacher targets other than the online one are fixed, so they are computed once per trial; the Gram is
+    the cost, every further target is one more right-hand side. Teacher passes here are not teacher calls.
+    ``initial=True`` is the measurement at initialisation, logged as ``sc_init/*`` with the first report
+    (the online teacher then is the checkpoint that supervises epoch 0).
     """
 
     def __init__(self, cfg: Mapping[str, object], num_classes: int) -> None:
@@ -280,20 +335,38 @@ class ComplexityLog:
         self.seed = int(cfg.get("split_seed") or 0)
         self.num_classes = num_classes
         self._probe: ComplexityProbe | None = None
-        self._offline_targets: Tensor | None = None
+        self._fixed: dict[str, Tensor] | None = None
+        self._first_online: Tensor | None = None
 
     def due(self, epoch: int) -> bool:
         return self.every > 0 and (epoch + 1) % self.every == 0
 
-    def __call__(self, student: nn.Module, teacher: object, train_split: object) -> dict[str, float]:
-        """The metrics for ``student`` against ``teacher`` (a teacher source: ``model``, ``final_model``)."""
+    def _fixed_targets(self, probe: ComplexityProbe, teacher: object) -> dict[str, Tensor]:
+        final = probe.logits(teacher.final_model(self.num_classes))
+        targets = {"offline_teacher": torch.softmax(final / self.temperature, dim=1)}
+        targets.update({temperature_name(t): torch.softmax(final / t, dim=1) for t in SC_TEMPERATURES})
+        schedule = getattr(teacher, "trajectory", None)
+        self._first_online = targets["offline_teacher"]
+        if schedule is not None:
+            device = probe.x.device
+            for index, point in enumerate(schedule.points):
+                model = load_teacher_model(teacher.arch, point.path, self.num_classes).to(device)
+                name = trajectory_name(point.epoch, index)
+                targets[name] = probe.soft_targets(model, self.temperature)
+                if index == schedule.index(0):
+                    self._first_online = targets[name]
+        return targets
+
+    def __call__(
+        self, student: nn.Module, teacher: object, train_split: object, initial: bool = False
+    ) -> dict[str, float]:
+        """The metrics for ``student`` against ``teacher`` (a teacher source: ``model``, ``final_model``,
+        ``trajectory``, ``arch``)."""
         if self._probe is None:
             self._probe = ComplexityProbe(train_split, self.n, self.num_classes, self.seed)
         probe = self._probe
-        if self._offline_targets is None:
-            self._offline_targets = probe.soft_targets(teacher.final_model(self.num_classes), self.temperature)
-        targets = {
-            "offline_teacher": self._offline_targets,
-            "online_teacher": probe.soft_targets(teacher.model, self.temperature),
-        }
-        return probe.metrics(student, targets, self.kernel, self.ridge)
+        if self._fixed is None:
+            self._fixed = self._fixed_targets(probe, teacher)
+        online = self._first_online if initial else probe.soft_targets(teacher.model, self.temperature)
+        targets = {**self._fixed, "online_teacher": online}
+        return probe.metrics(student, targets, self.kernel, self.ridge, INIT_PREFIX if initial else "sc/")

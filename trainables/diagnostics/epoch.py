@@ -4,7 +4,8 @@
   unless ``bound_metrics: false`` (``trainables.diagnostics.bounds``; the method supplies its
   prediction views through ``bound_views``);
 * supervision complexity (``sc/*``) every ``sc_every`` epochs where a method declares that key
-  (``online``, ``offline``; ``trainables.diagnostics.complexity``).
+  (``online``, ``offline``; ``trainables.diagnostics.complexity``), and once at initialisation
+  (``before_training``, reported as ``sc_init/*`` with the first epoch's metrics: the curves start there).
 
 Teacher passes here read the frozen network directly and are not counted as teacher calls.
 """
@@ -33,9 +34,15 @@ class EpochDiagnostics:
         self.batch_size = int(cfg.get("eval_batch_size", 256))
         self.bounds = self.teacher is not None and bool(cfg.get("bound_metrics", True))
         self.complexity = ComplexityLog(cfg, num_classes) if self.teacher is not None else None
+        self._pending: dict[str, float] = {}
+
+    def before_training(self) -> None:
+        """The measurement at initialisation (a fresh trial only), held for the first epoch's report."""
+        if self.complexity is not None and self.complexity.every > 0:
+            self._pending = self.complexity(self.method.student, self.teacher, self.data.train, initial=True)
 
     def run(self, epoch: int) -> dict[str, float]:
-        metrics: dict[str, float] = {}
+        metrics, self._pending = self._pending, {}
         if self.bounds:
             metrics.update(bound_metrics(self.method, self.data.val, self.batch_size, self.amp_dtype))
         if self.complexity is not None and self.complexity.due(epoch):
