@@ -63,3 +63,72 @@ def test_ofd_margin_and_partial_l2_worked_value():
     expected = loss.sum() / 2
     got = ofd_distance(torch.tensor(s), torch.tensor(t), torch.tensor(mm, dtype=torch.float32)).item()
     assert abs(got - expected) < 1e-5
+
+
+# -- through the real loop ---------------------------------------------------------------------------------
+import pickle  # noqa: E402
+
+import optuna  # noqa: E402
+import pytest  # noqa: E402
+
+from study.spaces import MethodSpace  # noqa: E402
+from trainables import checkpoint as ckpt  # noqa: E402
+from trainables.config import allowed_keys, resolve_config  # noqa: E402
+from trainables.errors import ConfigError  # noqa: E402
+from trainables.loop import build_trial, train  # noqa: E402
+from trainables.methods import METHODS  # noqa: E402
+from trainables.reporting import RunDirReporter  # noqa: E402
+
+KNOBS = {"crd": {"nce_k": 256}, "ofd": {}, "wsld": {}}
+
+
+class _StopAfterFirstEpoch(RunDirReporter):
+    def __call__(self, metrics, checkpoint_dir):
+        super().__call__(metrics, checkpoint_dir)
+        raise KeyboardInterrupt("simulated stop")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(KNOBS))
+def test_learns_digits_well_above_chance(method, student_cfg, tmp_path):
+    metrics = train({**student_cfg, "method": method, **KNOBS[method]}, workdir=tmp_path)
+    assert metrics["val/top1"] > 0.5  # chance is 0.1
+
+
+@pytest.mark.slow
+def test_crd_resume_is_exact_memory_bank_included(student_cfg, tmp_path):
+    cfg = {**student_cfg, "method": "crd", "nce_k": 64, "epochs": 2, "train_subset": 128}
+    straight = RunDirReporter(tmp_path / "straight")
+    train(cfg, reporter=straight, workdir=tmp_path / "straight")
+    first = _StopAfterFirstEpoch(tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, reporter=first, workdir=tmp_path / "cut")
+    state = ckpt.load_state(first.checkpoint_dir)
+    assert "memory.memory_s" in state["method"] and "crd_generator" in state["extra"]
+    resumed = RunDirReporter(tmp_path / "cut")
+    train(cfg, reporter=resumed, resume_from=first.checkpoint_dir, workdir=tmp_path / "cut")
+    assert resumed.history[-1]["train/loss"] == straight.history[-1]["train/loss"]
+    assert resumed.history[-1]["val/top1"] == straight.history[-1]["val/top1"]
+
+
+def test_crd_memory_follows_train_subset_and_refuses_a_large_k(student_cfg, tmp_path):
+    trial = build_trial({**student_cfg, "method": "crd", "nce_k": 32, "train_subset": 100}, workdir=tmp_path)
+    assert trial.method.memory.memory_s.shape == (100, 128)
+    with pytest.raises(ConfigError, match="nce_k must be below the training split's 100 images"):
+        build_trial({**student_cfg, "method": "crd", "nce_k": 100, "train_subset": 100}, workdir=tmp_path)
+
+
+def test_ofd_refuses_a_family_without_preact_stages(student_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="student 'vgg8' does not have"):
+        build_trial({**student_cfg, "method": "ofd", "student": "vgg8"}, workdir=tmp_path)
+
+
+@pytest.mark.parametrize("method", sorted(KNOBS))
+def test_search_space_runs_real_optuna_trials(method, student_cfg):
+    base = resolve_config({**student_cfg, "method": method})
+    space = MethodSpace(method, base, frozenset(allowed_keys(METHODS[method].defaults)), frozenset())
+    space = pickle.loads(pickle.dumps(space))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda trial: space(trial) or 0.0, n_trials=4)
+    searched = {p.name for p in METHODS[method].params if p.search is not None}
+    assert searched and all(searched <= set(t.params) for t in study.trials)
