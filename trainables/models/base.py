@@ -23,6 +23,8 @@ class ZooModel(nn.Module, abc.ABC):
     """
 
     classifier_path: str = "fc"
+    supports_preact: bool = False
+    """True for families that implement :meth:`forward_preact_stages` and :meth:`bn_before_relu` (OFD)."""
 
     @abc.abstractmethod
     def forward_stages(self, x: Tensor) -> list[Tensor]:
@@ -33,6 +35,16 @@ class ZooModel(nn.Module, abc.ABC):
         (final BN-ReLU), MobileNetV2 and ShuffleV2 (1x1 head conv) goes one step past
         RepDistiller's last tap.
         """
+
+    def forward_preact_stages(self, x: Tensor) -> list[Tensor]:
+        """``[stem, stage1, ..., stageN]`` taken *before* their final ReLU (OFD's pre-activation features).
+
+        Families that support it set ``supports_preact``; the others raise ``NotImplementedError``."""
+        raise NotImplementedError(f"{type(self).__name__} has no pre-activation stages")
+
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BN layers whose outputs the pre-ReLU maps of stages 1..N are (their statistics give OFD's margin)."""
+        raise NotImplementedError(f"{type(self).__name__} has no pre-activation stages")
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Final feature map ``(B, C, H, W)`` before pooling."""

@@ -34,16 +34,21 @@ class BasicBlock(nn.Module):
                 nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
 
     def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.preact(x))
+
+    def preact(self, x: Tensor) -> Tensor:
+        """The block's output before its final ReLU (residual sum)."""
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
+        return out + shortcut
 
 
 class CifarResNet(ZooModel):
     """``depth = 6n + 2``; ``widths = [stem, stage1, stage2, stage3]`` channels."""
 
     classifier_path = "fc"
+    supports_preact = True
 
     def __init__(self, depth: int, widths: list[int], num_classes: int = 100) -> None:
         super().__init__()
@@ -71,6 +76,19 @@ class CifarResNet(ZooModel):
         f2 = self.layer2(f1)
         f3 = self.layer3(f2)
         return [stem, f1, f2, f3]
+
+    def forward_preact_stages(self, x: Tensor) -> list[Tensor]:
+        pre = [self.bn1(self.conv1(x))]
+        out = F.relu(pre[0])
+        for layer in (self.layer1, self.layer2, self.layer3):
+            for block in layer[:-1]:
+                out = block(out)
+            pre.append(layer[-1].preact(out))
+            out = F.relu(pre[-1])
+        return pre
+
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        return [layer[-1].bn2 for layer in (self.layer1, self.layer2, self.layer3)]
 
 
 _SMALL = [16, 16, 32, 64]

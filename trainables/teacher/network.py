@@ -7,7 +7,8 @@ counts every image; diagnostics read the network directly, uncounted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +28,8 @@ class TeacherOutput:
     logits: torch.Tensor
     features: torch.Tensor | None
     stages: list[torch.Tensor]
+    preact: list[torch.Tensor] = field(default_factory=list)
+    """The stages before their final ReLU (``want="preact"``, OFD); empty otherwise."""
 
 
 class FrozenTeacher:
@@ -49,18 +52,19 @@ class FrozenTeacher:
             self.model.to(memory_format=memory_format)
         return self
 
-    def forward(self, x: torch.Tensor) -> TeacherOutput:
-        """Logits, last feature map and stages of ``x`` (uncounted: callers that supervise count)."""
+    def forward(self, x: torch.Tensor, preact: bool = False) -> TeacherOutput:
+        """Logits, last feature map and stages of ``x`` (uncounted: callers that supervise count); with
+        ``preact`` also the pre-ReLU stages (``model.forward_preact_stages``; the stages are their ReLUs)."""
         with torch.inference_mode():
-            if self.autocast_dtype is not None:
-                with torch.autocast(x.device.type, dtype=self.autocast_dtype):
-                    stages = self.model.forward_stages(x)
-                    logits = self.model.forward_head(stages[-1])
-            else:
-                stages = self.model.forward_stages(x)
+            cast = (torch.autocast(x.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+                    else contextlib.nullcontext())
+            with cast:
+                pre = self.model.forward_preact_stages(x) if preact else []
+                stages = [torch.relu(p) for p in pre] if preact else self.model.forward_stages(x)
                 logits = self.model.forward_head(stages[-1])
         stages = [_to_normal_fp32(s) for s in stages]
-        return TeacherOutput(logits=_to_normal_fp32(logits), features=stages[-1], stages=stages)
+        pre = [_to_normal_fp32(p) for p in pre]
+        return TeacherOutput(logits=_to_normal_fp32(logits), features=stages[-1], stages=stages, preact=pre)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         """The teacher's frozen pooling + classifier on (student) features; gradients flow to the input."""

@@ -40,7 +40,7 @@ from .trajectory import TrajectorySchedule
 if TYPE_CHECKING:
     from ..data import Batch, Split
 
-WANTS = ("logits", "features", "stages")
+WANTS = ("logits", "features", "stages", "preact")
 
 
 @dataclass(frozen=True)
@@ -99,14 +99,17 @@ class TeacherSource:
     def outputs(self, batch: Batch, want: str = "logits") -> TeacherOutput:
         """The teacher's outputs for a *training* batch.
 
-        ``want`` is the most the method reads: ``logits``, ``features`` (the last map too) or ``stages``
-        (every stage; always a live pass). The source serves from its cache or store where those hold what
+        ``want`` is the most the method reads: ``logits``, ``features`` (the last map too), ``stages``
+        (every stage; always a live pass) or ``preact`` (stages and their pre-ReLU maps; live, OFD).
+        The source serves from its cache or store where those hold what
         is wanted and are valid for the batch, else runs the network (counted).
         """
         if want not in WANTS:
             raise ValueError(f"want must be one of {', '.join(WANTS)}; got '{want}'")
         if want == "logits" and self.cache is not None:
             return self.cache.lookup(batch.index)
+        if want == "preact":
+            return self._preact(batch)
         if want != "stages" and self.store is not None and self.store.serves(batch):
             if want == "logits" or self.store.features is not None:
                 return self.store.lookup(batch.index)
@@ -123,6 +126,15 @@ class TeacherSource:
             return TeacherOutput(logits=logits, features=None, stages=[])
         out = self(batch.x)
         out.logits = self.stream.live(batch.index, out.logits)
+        return out
+
+    def _preact(self, batch: Batch) -> TeacherOutput:
+        """A counted live pass with pre-ReLU stages; its logits are recorded on the stream like any live pass."""
+        self.count(int(batch.x.shape[0]))
+        self._computed(int(batch.x.shape[0]))
+        out = self.network.forward(batch.x, preact=True)
+        if self.stream is not None:
+            out.logits = self.stream.live(batch.index, out.logits)
         return out
 
     def __call__(self, x: torch.Tensor) -> TeacherOutput:
