@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import DELETE, spec_with, write_tiny_imagenet
@@ -232,5 +233,29 @@ def test_table4_preset_has_the_papers_imagenet_recipe(tmp_path):
                              {"teacher": "resnet50", "student": "mobilenetv1"}]
     assert {k: data["config"][k] for k in ("batch_size", "lr", "weight_decay", "epochs", "lr_milestones")} == {
         "batch_size": 512, "lr": 0.2, "weight_decay": 1e-4, "epochs": 120, "lr_milestones": [30, 60, 90]}
-    assert set(data["methods"]) == {"ce", "kd", "dkd", "srrl", "ijckd"}
+    assert [METHODS[m].label for m in data["methods"]] == ["student", "KD", "AT", "CRD", "WSLD", "DKD", "SRRL",
+                                                           "IJCKD"]  # the paper's Table-4 rows
     assert data["method_config"]["ijckd"] == {"loss_combination": "sr+fm", "connector_depth": 3}
+    assert data["method_config"]["wsld"] == {"temperature": 2.0, "wsld_alpha": 2.5}  # the authors' ImageNet code
+
+
+def test_table1_presets_cover_the_papers_twelve_rows_on_its_eight_pairs(tmp_path, fake_cifar):
+    """table1_cifar100 runs eleven rows on all eight pairs; OFD (pre-activation stages: CIFAR ResNets only)
+    runs from table1_cifar100_ofd on the four ResNet pairs, and validation refuses it on the others."""
+    root = tmp_path / "data"
+    fake_cifar(root, "cifar100")
+    main_spec = load_spec(REPO / "study" / "presets" / "table1_cifar100.yaml", [f"data.root={root}"])
+    ofd_spec = load_spec(REPO / "study" / "presets" / "table1_cifar100_ofd.yaml", [f"data.root={root}"])
+    paper = pd.read_csv(REPO / "analysis" / "paper_tables" / "ijckd_table1_cifar100.csv")
+    rows = [r for r in dict.fromkeys(paper["method"]) if r not in ("teacher", "student_ce")]
+    labels = [METHODS[m].label for m in main_spec.data["methods"] if m != "ce"]
+    assert sorted([*labels, "OFD"]) == sorted(rows) and len(rows) == 12
+    assert sorted(labels, key=lambda lab: rows.index(lab)) == labels  # the paper's row order
+    pairs = {(p["teacher"], p["student"]) for p in main_spec.data["pairs"]}
+    assert pairs == set(zip(paper["teacher"], paper["student"])) and len(pairs) == 8
+    assert ofd_spec.data["methods"] == ["ofd"]
+    ofd_pairs = {(p["teacher"], p["student"]) for p in ofd_spec.data["pairs"]}
+    assert ofd_pairs == {pair for pair in pairs if all(a.startswith("resnet") for a in pair)}
+    with pytest.raises(SpecError, match="ofd.*does not have"):
+        load_spec(REPO / "study" / "presets" / "table1_cifar100_ofd.yaml",
+                  [f"data.root={root}", "pairs=[{teacher: wrn_40_2, student: wrn_40_1}]"])
