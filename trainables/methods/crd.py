@@ -154,6 +154,8 @@ def training_labels(ctx: MethodContext) -> torch.Tensor:
 
 @register_method
 class CRD(Method):
+    """CE (+ KD) + beta * NCE of both embeddings against the other side's momentum memory bank."""
+
     name, label, order = "crd", "CRD", 70
     source = "Tian et al., ICLR 2020; defaults from RepDistiller (HobbitLong/RepDistiller)"
     params = (
