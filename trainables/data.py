@@ -72,6 +72,10 @@ class Split:
     def __len__(self) -> int:
         return self.num_examples
 
+    def targets(self) -> torch.Tensor:
+        """The label of every example, in index order (methods that sample by class, e.g. CRD's negatives)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its labels")
+
 
 def draw_crop_flip(
     n: int, padding: int, generator: torch.Generator | None
@@ -140,6 +144,9 @@ class TensorSplit(Split):
     @property
     def std(self) -> tuple[float, ...]:
         return tuple(float(v) for v in self._std.flatten().tolist())
+
+    def targets(self) -> torch.Tensor:
+        return self.labels
 
     def to(self, device: torch.device | str) -> TensorSplit:
         """Move the whole split to ``device`` once; batches are then cut and augmented there."""
@@ -260,6 +267,16 @@ class LoaderSplit(Split):
     @property
     def device(self) -> torch.device:
         return self._device
+
+    def targets(self) -> torch.Tensor:
+        """Labels from the underlying data set's ``targets`` (torchvision's CIFAR and ImageFolder have them)."""
+        base = self.train_dataset.base
+        labels = getattr(base, "targets", None)
+        if labels is None:
+            raise NotImplementedError(f"the data set {type(base).__name__} has no 'targets' list")
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        indices = self.train_dataset.indices
+        return labels if indices is None else labels[torch.as_tensor(indices, dtype=torch.long)]
 
     def to(self, device: torch.device | str) -> LoaderSplit:
         self._device = torch.device(device)

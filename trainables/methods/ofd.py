@@ -64,7 +64,7 @@ def connector(s_channels: int, t_channels: int) -> nn.Sequential:
 
 @register_method
 class OFD(Method):
-    name, label, order = "ofd", "OFD", 80
+    name, label, order = "ofd", "OFD", 70
     source = "Heo et al., ICCV 2019; defaults and loss of mdistiller (megvii-research/mdistiller)"
     params = (
         Param("feat_weight", float, 0.001, ge=0, search=Float(1e-4, 1e-2, log=True),
