@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import StopAfter
 from trainables import checkpoint as ckpt
 from trainables.errors import CheckpointError, CheckpointWriteError, UnsafeCheckpointError
 from trainables.loop import _trial_state, build_trial, train, train_one_epoch
@@ -104,18 +105,12 @@ def _old_format(state: dict) -> dict:
     return old
 
 
-class _StopAfterFirstEpoch(RunDirReporter):
-    def __call__(self, metrics, checkpoint_dir):
-        super().__call__(metrics, checkpoint_dir)
-        raise KeyboardInterrupt("simulated stop")
-
-
 def test_an_old_checkpoint_converts_and_resumes_exactly(student_cfg, tmp_path):
     cfg = {**student_cfg, "method": "kd", "epochs": 2, "train_subset": 128}
     straight = RunDirReporter(tmp_path / "straight")
     train(cfg, reporter=straight, workdir=tmp_path / "straight")
 
-    first = _StopAfterFirstEpoch(tmp_path / "old")
+    first = StopAfter(tmp_path / "old", k=1)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, reporter=first, workdir=tmp_path / "old")  # the same run, stopped after epoch 1
     state = ckpt.load_state(first.checkpoint_dir)

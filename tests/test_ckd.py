@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers import StopAfter
 from trainables.config import resolve_config
 from trainables.errors import ConfigError
 from trainables.loop import build_trial, train, train_one_epoch
@@ -111,17 +112,6 @@ def test_augmented_cache_view_is_seeded(student_cfg: dict) -> None:
     assert not torch.allclose(clean.teacher.cache.logits, caches[0])
 
 
-class StopAfter(RunDirReporter):
-    def __init__(self, run_dir: Path, stop_after: int) -> None:
-        super().__init__(run_dir)
-        self.stop_after = stop_after
-
-    def __call__(self, metrics: dict, checkpoint_dir: Path | None) -> None:
-        super().__call__(metrics, checkpoint_dir)
-        if metrics["epoch"] == self.stop_after:
-            raise KeyboardInterrupt("simulated preemption")
-
-
 # -- the group sampler (ckd_sampler: groups) ---------------------------------------------------------------------
 def all_groups_by_hand(n: int, k: int) -> set[tuple[int, ...]]:
     """Every (sorted A, sorted B) split of k distinct images out of n, from permutations (not the code's way)."""
@@ -189,7 +179,7 @@ def test_group_sampler_resumes_exactly(student_cfg: dict, tmp_path: Path) -> Non
     cfg = budget_cfg(student_cfg, "ckd", ckd_max_groups=40, batch_size=16, epochs=2, bound_metrics=False)
     whole = RunDirReporter(tmp_path / "whole")
     train(cfg, reporter=whole)
-    first = StopAfter(tmp_path / "cut", stop_after=1)
+    first = StopAfter(tmp_path / "cut", k=1)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, reporter=first)
     rest = RunDirReporter(tmp_path / "cut")
@@ -205,7 +195,7 @@ def test_ckd_learns_on_300_images_within_a_300_call_budget(student_cfg: dict, tm
     Measured at one thread (seeds 0, 1, 2): val 49.0 / 41.3 / 50.3 %, test 47.6 / 42.1 / 52.9 %; chance is 10 %.
     """
     cfg = budget_cfg(student_cfg, "ckd", epochs=6, batch_size=32, ckd_max_groups=1000)
-    first = StopAfter(tmp_path / "run", stop_after=3)
+    first = StopAfter(tmp_path / "run", k=3)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, reporter=first)
     rest = RunDirReporter(tmp_path / "run")  # resume: the cache comes from the checkpoint, not the teacher

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from study.spaces import MethodSpace
+from tests.helpers import StopAfter
 from trainables.config import allowed_keys, resolve_config
 from trainables.errors import ConfigError
 from trainables.loop import build_trial, train, train_one_epoch
@@ -99,18 +100,12 @@ def test_crd_learns_on_digits_well_above_chance(student_cfg, tmp_path, seed):
     assert "train/loss_crd" in final and np.isfinite(final["train/loss_crd"])
 
 
-class _StopAfterFirstEpoch(RunDirReporter):
-    def __call__(self, metrics, checkpoint_dir):
-        super().__call__(metrics, checkpoint_dir)
-        raise KeyboardInterrupt("simulated stop")
-
-
 @pytest.mark.slow
 def test_resume_is_exact_with_the_memory_banks(student_cfg, tmp_path):
     cfg = {**student_cfg, "method": "crd", "epochs": 2, "train_subset": 128, "nce_k": 64}
     straight = RunDirReporter(tmp_path / "straight")
     train(cfg, reporter=straight, workdir=tmp_path / "straight")
-    first = _StopAfterFirstEpoch(tmp_path / "cut")
+    first = StopAfter(tmp_path / "cut", k=1)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, reporter=first, workdir=tmp_path / "cut")
     resumed = RunDirReporter(tmp_path / "cut")

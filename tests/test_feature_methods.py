@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from study.spaces import MethodSpace
+from tests.helpers import StopAfter
 from trainables.checkpoint import load_state
 from trainables.config import allowed_keys, resolve_config
 from trainables.errors import ConfigError
@@ -241,17 +242,6 @@ def test_learns_on_digits(student_cfg, tmp_path, name):
     final = train({**student_cfg, "method": name}, workdir=tmp_path)
     assert final["val/top1"] > 40.0
     assert math.isfinite(final["bound/delta1"]) and final["bound/student_err"] <= final["bound/rhs"] + 1e-9
-
-
-class StopAfter(RunDirReporter):
-    def __init__(self, run_dir, k):
-        super().__init__(run_dir)
-        self.k = k
-
-    def __call__(self, metrics, checkpoint_dir):
-        super().__call__(metrics, checkpoint_dir)
-        if metrics["epoch"] == self.k:
-            raise KeyboardInterrupt("simulated stop")
 
 
 @pytest.mark.slow

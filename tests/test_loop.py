@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from tests.helpers import StopAfter
 from trainables.checkpoint import load_state
 from trainables.config import resolve_config, scaled_milestones
 from trainables.errors import CheckpointError, ConfigError, NonFiniteLossError
@@ -18,19 +19,6 @@ REQUIRED_METRICS = {
     "epoch", "lr", "train/loss", "train/top1", "val/top1", "val/top5",
     "teacher_calls", "time/epoch_s", "throughput/img_s",
 }
-
-
-class StopAfter(RunDirReporter):
-    """A reporter that simulates a crash right after epoch ``k`` was reported."""
-
-    def __init__(self, run_dir, k):
-        super().__init__(run_dir)
-        self.k = k
-
-    def __call__(self, metrics, checkpoint_dir):
-        super().__call__(metrics, checkpoint_dir)
-        if metrics["epoch"] == self.k:
-            raise KeyboardInterrupt("simulated stop")
 
 
 @pytest.mark.parametrize("method", ["ce", "kd"])

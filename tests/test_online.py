@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import StopAfter
 from trainables.config import resolve_config
 from trainables.errors import ConfigError
 from trainables.loop import build_trial, restore, train
@@ -68,19 +69,6 @@ def test_bad_online_configs_fail_before_any_work(student_cfg: dict, tmp_path: Pa
         resolve_config({**student_cfg, "method": "offline", "switch_every": 2})
 
 
-class StopAfter(RunDirReporter):
-    """Keeps the checkpoint of epoch ``stop_after`` and then interrupts the run, like a killed trial."""
-
-    def __init__(self, run_dir: Path, stop_after: int) -> None:
-        super().__init__(run_dir)
-        self.stop_after = stop_after
-
-    def __call__(self, metrics: dict, checkpoint_dir: Path | None) -> None:
-        super().__call__(metrics, checkpoint_dir)
-        if metrics["epoch"] == self.stop_after:
-            raise KeyboardInterrupt("simulated preemption")
-
-
 def teacher_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -97,7 +85,7 @@ def test_resumed_online_trial_reloads_the_scheduled_checkpoint(student_cfg: dict
     train(cfg, reporter=straight)
     assert [m["online/teacher_epoch"] for m in straight.history] == [1, 3, 5]
 
-    interrupted = StopAfter(tmp_path / "interrupted", stop_after=1)
+    interrupted = StopAfter(tmp_path / "interrupted", k=1)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, reporter=interrupted)
 

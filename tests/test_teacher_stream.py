@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import StopAfter
 from trainables import models
 from trainables.checkpoint import load_state
 from trainables.loop import train
@@ -23,17 +24,6 @@ from trainables.reporting import RunDirReporter
 from trainables.teacher import stream as stream_module
 
 torch.set_num_threads(1)
-
-
-class StopAfter(RunDirReporter):
-    def __init__(self, run_dir: Path, k: int) -> None:
-        super().__init__(run_dir)
-        self.k = k
-
-    def __call__(self, metrics: dict, checkpoint_dir: Path | None) -> None:
-        super().__call__(metrics, checkpoint_dir)
-        if metrics["epoch"] == self.k:
-            raise KeyboardInterrupt("simulated kill")
 
 
 @pytest.fixture
