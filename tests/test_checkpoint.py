@@ -34,6 +34,8 @@ def _method_cfg(method: str, student_cfg: dict, digits_teacher: dict) -> dict:
         cfg["teacher_trajectory"] = digits_teacher["trajectory_dir"]
     if method in ("kd", "ckd"):
         cfg["teacher_budget"] = 64  # the teacher source's budget cache (its logits) goes into the checkpoint
+    if method == "crd":
+        cfg["nce_k"] = 32  # the memory banks and negatives' generator go into the checkpoint; small k for speed
     return cfg
 
 
