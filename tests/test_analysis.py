@@ -263,7 +263,7 @@ def test_paper_numbers_beside_measured_ones(study_dir: Path) -> None:
     md, html = table.to_markdown(), table.to_html()
     assert "paper" not in md.split("\n", 2)[2]  # compact cells: mean ± std; the paper on hover and in the CSV
     assert f"{kd.stat.mean:.2f} ± {kd.stat.std:.2f}" in md and "(n=" not in md
-    assert "title='n=2 · paper 73.33 (Δ " in html and "title='n=2 · paper 72.50 (Δ " in html
+    assert "title='n=3 · paper 73.33 (Δ " in html and "title='n=3 · paper 72.50 (Δ " in html
     assert any("paper" in note and "CSV" in note for note in table.notes)
     frame = table.to_frame().set_index("row")
     assert frame.loc["kd", "paper"] == 73.33 and frame.loc["kd", "diff"] == pytest.approx(kd.diff)
