@@ -91,7 +91,7 @@ def test_bad_negatives_choice_fails_before_work(student_cfg):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0])  # seeds 0-2 at one thread: README, "Digits, 3 epochs" table
 def test_crd_learns_on_digits_well_above_chance(student_cfg, tmp_path, seed):
     torch.set_num_threads(1)  # the suite's worst case (see the preamble): the margin must hold single-threaded
     cfg = {**student_cfg, "method": "crd", "epochs": 3, "nce_k": 256, "seed": seed}

@@ -50,7 +50,7 @@ def test_ofd_refuses_a_family_without_preact_stages(student_cfg, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0])  # seeds 0-2 at one thread: README, "Digits, 3 epochs" table
 def test_ofd_learns_on_digits(student_cfg, tmp_path, seed):
     final = train({**student_cfg, "method": "ofd", "seed": seed}, workdir=tmp_path)
     assert final["val/top1"] > 40.0  # chance is 10 %

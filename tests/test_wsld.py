@@ -76,7 +76,7 @@ def test_wsld_defaults_are_the_papers_cifar_setting(student_cfg):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0])  # seeds 0-2 at one thread: README, "Digits, 3 epochs" table
 def test_wsld_learns_on_digits(student_cfg, tmp_path, seed):
     final = train({**student_cfg, "method": "wsld", "seed": seed}, workdir=tmp_path)
     assert final["val/top1"] > 40.0  # chance is 10 %
