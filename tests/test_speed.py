@@ -144,7 +144,8 @@ def _tiny_cfg(tmp_path, **extra):
 @pytest.mark.parametrize("amp, dtype", [("off", torch.float32), ("bf16", torch.bfloat16)])
 def test_fp32_and_bf16_paths_both_train(tmp_path, amp, dtype):
     # 32 images, one batch per epoch, no lr decay: the CE term must fall step after step in both precisions.
-    cfg = _tiny_cfg(tmp_path, amp=amp, train_subset=32, batch_size=32, lr=0.1, kd_weight=0.1, lr_milestones=[])
+    cfg = _tiny_cfg(tmp_path, amp=amp, train_subset=32, batch_size=32, lr=0.1, kd_weight=0.1, ce_weight=1.0,
+                    lr_milestones=[])
     trial = build_trial(cfg)
     assert trial.amp_dtype == (None if amp == "off" else torch.bfloat16)
     seen = {}
