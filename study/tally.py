@@ -21,6 +21,12 @@ class Tally:
             row = self.counts.setdefault(stage, {"running": 0, "done": 0, "errored": 0})
             row[key] = max(0, row[key] + delta)
 
+    def stopped(self, stage: str) -> None:
+        """The stage's experiment ended (finished, interrupted or failed): none of its trials runs any more."""
+        with self._lock:
+            if stage in self.counts:
+                self.counts[stage]["running"] = 0
+
     def snapshot(self) -> dict[str, dict[str, int]]:
         with self._lock:
             return {k: dict(v) for k, v in self.counts.items()}

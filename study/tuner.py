@@ -116,8 +116,17 @@ class StudyProgress(Callback):
         self.stage_name = stage_name
         self.keys = keys
 
+    def setup(self, **info: Any) -> None:
+        TALLY.stopped(self.stage_name)  # a restored stage starts with nothing running
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        TALLY.stopped(self.stage_name)  # interrupted trials never report complete or error
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         TALLY.add(self.stage_name, "running")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        TALLY.add(self.stage_name, "running", -1)  # a retried trial starts (and is counted) again
 
     def _params(self, trial: Any) -> str:
         parts = []
