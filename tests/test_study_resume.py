@@ -200,9 +200,10 @@ def test_a_teacher_and_a_distillation_study_on_a_two_node_cluster(tmp_path):
             pytest.fail("the two-node cluster did not come up")
 
         out = _study(["run", str(spec_path), "--address", address, "--verbose", "1"], marker, timeout=600,
-                     KDSTUDY_PENDING_WARNING_S="60", **token)
+                     KDSTUDY_PENDING_WARNING_S="60", KDSTUDY_PROGRESS_S="3", **token)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        assert "/2 CPUs" in out.stdout  # Tune saw both nodes' CPUs
+        # the study saw both nodes' CPUs: the progress line's "slots n/2 CPU" (Ray's table: "n/2 CPUs")
+        assert "/2 CPU" in out.stdout, out.stdout[-3000:]
         assert "has waited" not in out.stdout  # no trial asked for more than a node has
     finally:
         for node in reversed(nodes):
