@@ -24,7 +24,7 @@ from ..data import Batch
 from ..errors import ConfigError
 from ..losses import feature_mse
 from ..params import Float, Param
-from .base import Method, MethodContext, StepResult, register_method
+from .base import Method, MethodContext, StepResult, probe_stages, register_method
 
 HINT_REGRESSORS = ("convreg", "conv3x3")
 
@@ -123,13 +123,8 @@ class FitNet(Method):
 
     def __init__(self, student: nn.Module, teacher: Any, cfg: Mapping[str, Any], ctx: MethodContext) -> None:
         super().__init__(student, teacher, cfg, ctx)
-        probe = torch.zeros(2, *ctx.input_shape, device=ctx.device)
-        was_training = student.training
-        student.eval()
-        with torch.no_grad():
-            s_stages = student.forward_stages(probe)
-        student.train(was_training)
-        t_stages = teacher.model.forward_stages(probe) if teacher is not None else None
+        s_stages = probe_stages(student, ctx)
+        t_stages = probe_stages(teacher.model, ctx) if teacher is not None else None
         self.s_index = pick_stage(s_stages, cfg["hint_stage"])
         self.t_index = pick_stage(t_stages, cfg["hint_stage"])
         s_map, t_map = s_stages[self.s_index], t_stages[self.t_index]

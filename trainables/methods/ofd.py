@@ -29,7 +29,7 @@ from torch import nn
 from ..data import Batch
 from ..errors import ConfigError
 from ..params import Float, Param
-from .base import Method, MethodContext, StepResult, register_method
+from .base import Method, MethodContext, StepResult, probe_stages, register_method
 
 
 def bn_margin(bn: nn.BatchNorm2d) -> torch.Tensor:
@@ -78,13 +78,8 @@ class OFD(Method):
             if not getattr(model, "supports_preact", False):
                 raise ConfigError(f"method 'ofd' needs pre-activation stages, which {role} '{arch}' does not have; "
                                   "families with them: CIFAR ResNets (resnet8 ... resnet110, resnet8x4, resnet32x4)")
-        probe = torch.zeros(2, *ctx.input_shape, device=ctx.device)
-        was_training = student.training
-        student.eval()
-        with torch.no_grad():
-            s_maps = student.forward_preact_stages(probe)[1:]
-            t_maps = teacher.model.forward_preact_stages(probe)[1:]
-        student.train(was_training)
+        s_maps = probe_stages(student, ctx, preact=True)[1:]
+        t_maps = probe_stages(teacher.model, ctx, preact=True)[1:]
         n = min(len(s_maps), len(t_maps))
         s_maps, t_maps = s_maps[-n:], t_maps[-n:]
         self.n = n

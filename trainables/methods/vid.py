@@ -38,7 +38,7 @@ from torch import nn
 
 from ..data import Batch
 from ..params import Float, Param
-from .base import Method, MethodContext, StepResult, register_method
+from .base import Method, MethodContext, StepResult, probe_stages, register_method
 from .feature_kd import CE_KD_PARAMS, ce_kd_terms, full_precision, intermediate, match_size, stage_pairs
 
 
@@ -93,13 +93,8 @@ class VID(Method):
 
     def __init__(self, student: nn.Module, teacher: Any, cfg: Mapping[str, Any], ctx: MethodContext) -> None:
         super().__init__(student, teacher, cfg, ctx)
-        probe = torch.zeros(2, *ctx.input_shape, device=ctx.device)
-        was_training = student.training
-        student.eval()
-        with torch.no_grad():
-            g_s = intermediate(student.forward_stages(probe))
-            g_t = intermediate(teacher.model.forward_stages(probe))
-        student.train(was_training)
+        g_s = intermediate(probe_stages(student, ctx))
+        g_t = intermediate(probe_stages(teacher.model, ctx))
         self.pairs = stage_pairs(g_s, g_t)
         self.last_stage_paired = self.pairs[-1] == (len(g_s) - 1, len(g_t) - 1)
         self.teacher_last_size = tuple(g_t[-1].shape[-2:])
