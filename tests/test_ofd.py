@@ -13,14 +13,13 @@ import torch
 from torch import nn
 
 from study.spaces import MethodSpace
-from tests.helpers import StopAfter
+from tests.helpers import straight_and_resumed
 from trainables.checkpoint import load_state
 from trainables.config import allowed_keys, resolve_config
 from trainables.errors import ConfigError
 from trainables.loop import build_trial, train
 from trainables.methods import METHODS
 from trainables.methods.ofd import bn_margin, ofd_distance
-from trainables.reporting import RunDirReporter
 
 
 def test_ofd_margin_and_partial_l2_worked_value():
@@ -59,13 +58,7 @@ def test_ofd_learns_on_digits(student_cfg, tmp_path, seed):
 
 def test_ofd_resumes_exactly(student_cfg, tmp_path):
     cfg = {**student_cfg, "method": "ofd", "epochs": 2, "train_subset": 128}
-    straight = RunDirReporter(tmp_path / "straight")
-    train(cfg, reporter=straight, workdir=tmp_path / "straight")
-    first = StopAfter(tmp_path / "broken", k=1)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, reporter=first, workdir=tmp_path / "broken")
-    resumed = RunDirReporter(tmp_path / "broken")
-    train(cfg, reporter=resumed, resume_from=first.checkpoint_dir, workdir=tmp_path / "broken")
+    straight, resumed = straight_and_resumed(cfg, tmp_path)
     a, b = load_state(straight.checkpoint_dir), load_state(resumed.checkpoint_dir)
     assert any(key.startswith("connectors.") for key in a["method"])  # the connectors train and are saved
     for key, value in a["method"].items():

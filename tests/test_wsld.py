@@ -11,13 +11,12 @@ import pytest
 import torch
 
 from study.spaces import MethodSpace
-from tests.helpers import StopAfter
+from tests.helpers import straight_and_resumed
 from trainables.checkpoint import load_state
 from trainables.config import allowed_keys, resolve_config
 from trainables.loop import train
 from trainables.methods import METHODS
 from trainables.methods.wsld import wsld_loss, wsld_weights
-from trainables.reporting import RunDirReporter
 
 STUDENT = [[1.0, 2.0, 0.0], [0.5, 0.5, 2.0]]
 TEACHER = [[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]]
@@ -85,13 +84,7 @@ def test_wsld_learns_on_digits(student_cfg, tmp_path, seed):
 
 def test_wsld_resumes_exactly(student_cfg, tmp_path):
     cfg = {**student_cfg, "method": "wsld", "epochs": 2, "train_subset": 128}
-    straight = RunDirReporter(tmp_path / "straight")
-    train(cfg, reporter=straight, workdir=tmp_path / "straight")
-    first = StopAfter(tmp_path / "broken", k=1)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, reporter=first, workdir=tmp_path / "broken")
-    resumed = RunDirReporter(tmp_path / "broken")
-    train(cfg, reporter=resumed, resume_from=first.checkpoint_dir, workdir=tmp_path / "broken")
+    straight, resumed = straight_and_resumed(cfg, tmp_path)
     a, b = load_state(straight.checkpoint_dir), load_state(resumed.checkpoint_dir)
     for key, value in a["method"].items():
         assert torch.equal(value, b["method"][key]), key
