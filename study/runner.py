@@ -240,10 +240,34 @@ def _finish_stage(spec: Spec, stage: Any, entry: dict[str, Any], manifest: dict[
     if stage.kind == "search":
         metric, mode = spec.data["metric"], spec.data["mode"]
         top = best_trial(study_dir, stage.name, metric, mode)
+        earlier = entry.get("best_trial")
         if top is not None:
             entry.update(best=top["params"], best_trial=top["trial"], best_value=top[f"last {metric}"],
                          best_complete=top["epoch"] == top["epochs"])
+            if earlier != top["trial"]:
+                _supersede_final(stage, top["trial"], earlier, manifest, study_dir)
     save_manifest(study_dir, manifest)
+
+
+def _supersede_final(search: Any, best: str, earlier: str | None, manifest: dict[str, Any], study_dir: Path) -> None:
+    """A re-run search (``--retry-errored``) found a new best: its finished final stage ran the old one, so it
+    runs again on the new best (a final skipped for want of a finished search trial runs now); its old trials
+    are kept aside (hidden, never deleted) rather than reported."""
+    entry = next((s for s in manifest["stages"] if s["kind"] == "final" and s["method"] == search.method
+                  and s.get("pair") == search.pair), None)
+    if entry is None or entry.get("status") not in DONE:
+        return
+    exp_dir = study_dir / entry["name"]
+    kept = ""
+    if exp_dir.exists():
+        aside = study_dir / f".{entry['name']}.superseded-{int(time.time())}"
+        exp_dir.rename(aside)
+        kept = f"; its earlier trials are kept in {aside.name}"
+    for key in ("reused", "trials", "errored", "note"):
+        entry.pop(key, None)
+    entry["status"] = "pending"
+    was = f" (was {earlier})" if earlier else ""
+    print(f"== {search.name}: the best trial is now {best}{was}: {entry['name']} runs again on it{kept}", flush=True)
 
 
 def _start_stage(spec: Spec, stage: Any, entry: dict[str, Any], manifest: dict[str, Any], study_dir: Path,
@@ -263,6 +287,7 @@ def _start_stage(spec: Spec, stage: Any, entry: dict[str, Any], manifest: dict[s
     save_manifest(study_dir, manifest)
     if _restorable(study_dir, stage):
         return _restored_tuner(spec, stage, study_dir, stage_resources, opts["retry_errored"])
+    entry.pop("reused", None)  # a fresh start decides it anew (a re-run search may have a new best)
     if reuse:
         entry["reused"] = reuse
         if not spec.data["seeds"][1:]:
@@ -271,6 +296,7 @@ def _start_stage(spec: Spec, stage: Any, entry: dict[str, Any], manifest: dict[s
             entry.update(trials=0, errored=0, status="done")
             save_manifest(study_dir, manifest)
             return None
+    save_manifest(study_dir, manifest)  # a resume after a kill restores the stage with what it reused
     return _fresh_tuner(spec, stage, study_dir, stage_resources, manifest, best, opts["verbose"], opts["callbacks"],
                         reuse=bool(reuse))
 
@@ -291,6 +317,7 @@ class _Run:
     waiting: list[str]
     running: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # name -> (future, stage)
     failure: BaseException | None = None
+    kinds: tuple[str, ...] | None = None  # the stage kinds this call runs (None: all)
 
 
 def run_stages(spec: Spec, study_dir: Path, resources: dict[str, float], *, kinds: tuple[str, ...] | None = None,
@@ -313,7 +340,7 @@ def run_stages(spec: Spec, study_dir: Path, resources: dict[str, float], *, kind
     opts = {"teacher_resources": teacher_resources, "retry_errored": retry_errored, "callbacks": callbacks,
             "verbose": verbose if limit == 1 else 0}  # several stages: the study's summary, not Ray's tables
     needs = stage_needs(spec, manifest["stages"], sequential)
-    run = _Run([e["name"] for e in manifest["stages"] if _wanted(e, kinds, retry_errored)])
+    run = _Run([e["name"] for e in manifest["stages"] if _wanted(e, kinds, retry_errored)], kinds=kinds)
     stop = threading.Event()
     ray_compat.share_stop_event(stop)
     progress = Progress(study_dir, every=_progress_every(verbose, limit))
@@ -371,11 +398,21 @@ def _collect(spec: Spec, study_dir: Path, manifest: dict[str, Any], run: _Run, s
         try:
             future.result()
             _finish_stage(spec, stage, entries[name], manifest, study_dir)
+            run.waiting.extend(_rerun_finals(stage, manifest, run))
         except (Interrupted, StudyError) as err:
             run.failure = run.failure or err
         except Exception as err:  # noqa: BLE001 - a crashed stage stops the others, then is raised
             run.failure = run.failure or err
             stop.set()
+
+
+def _rerun_finals(stage: Any, manifest: dict[str, Any], run: _Run) -> list[str]:
+    """The final stage a finished search put back to pending (a new best, see ``_supersede_final``)."""
+    if stage.kind != "search" or (run.kinds is not None and "final" not in run.kinds):
+        return []
+    return [s["name"] for s in manifest["stages"] if s["kind"] == "final" and s["method"] == stage.method
+            and s.get("pair") == stage.pair and s["status"] == "pending"
+            and s["name"] not in run.waiting and s["name"] not in run.running]
 
 
 def _release_teachers(spec: Spec, study_dir: Path, manifest: dict[str, Any], run: _Run) -> None:
