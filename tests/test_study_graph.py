@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_study_resume import REPO, _end_marked, _env, _epoch_logs
+from test_study_resume import REPO, _end_marked, _env, _epoch_logs, _marked_pids
 
 from study.layout import load_manifest, read_results
 from study.runner import run_study, study_outcome
@@ -128,44 +128,75 @@ def test_the_report_counts_the_reused_trial_once(concurrent):
         assert sorted(own[own["trial_id"].isin(selection.trial_ids)]["seed"]) == [0, 1]
 
 
-def test_a_kill_while_two_stages_train_resumes_to_the_same_metrics(concurrent, tmp_path):
-    spec_path = tmp_path / "killed.yaml"
-    spec_path.write_text(yaml.safe_dump(_spec(tmp_path, "killed")))
-    study_dir = tmp_path / "killed"
-    first, second = uuid.uuid4().hex, uuid.uuid4().hex
-    try:
-        driver = subprocess.Popen([sys.executable, "-m", "study", "run", str(spec_path), "--no-report",
-                                   "--verbose", "0"], cwd=REPO, env=_env(first, TUNE_GLOBAL_CHECKPOINT_S="1"),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            training = _mid_trial_stages(study_dir)
-            if len(training) >= 2:
-                break
-            assert driver.poll() is None, "the study ended before two stages trained at once"
-            time.sleep(0.1)
-        else:
-            pytest.fail("two stages never trained at once")
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-        _end_marked(first)
-        running = [s["name"] for s in load_manifest(study_dir)["stages"] if s["status"] == "running"]
-        assert set(training) <= set(running)
-        out = subprocess.run([sys.executable, "-m", "study", "resume", str(study_dir), "--no-report", "--verbose",
-                              "0"], cwd=REPO, env=_env(second, TUNE_GLOBAL_CHECKPOINT_S="1"), capture_output=True,
-                             text=True, timeout=600)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        for name in training:
-            assert f"== {name}: resuming" in out.stdout, out.stdout[-3000:]  # restored, not started over
-    finally:
-        for marker in (first, second):
-            _end_marked(marker)
+def _start_until_two_stages_train(tmp_path: Path, name: str, marker: str, **popen) -> tuple:
+    """A study driver (a subprocess) and the stages that were mid-trial at once when this returned."""
+    spec_path = tmp_path / f"{name}.yaml"
+    spec_path.write_text(yaml.safe_dump(_spec(tmp_path, name)))
+    driver = subprocess.Popen([sys.executable, "-m", "study", "run", str(spec_path), "--no-report", "--verbose", "0"],
+                              cwd=REPO, env=_env(marker, TUNE_GLOBAL_CHECKPOINT_S="1"), **popen)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        training = _mid_trial_stages(tmp_path / name)
+        if len(training) >= 2:
+            return driver, training
+        assert driver.poll() is None, "the study ended before two stages trained at once"
+        time.sleep(0.1)
+    pytest.fail("two stages never trained at once")
+
+
+def _resume_to_the_end(study_dir: Path, marker: str, concurrent: Path, restored: list[str]) -> None:
+    """Resume the study; the stages named were restored (not started over) and every metric is the concurrent run's."""
+    out = subprocess.run([sys.executable, "-m", "study", "resume", str(study_dir), "--no-report", "--verbose", "0"],
+                         cwd=REPO, env=_env(marker, TUNE_GLOBAL_CHECKPOINT_S="1"), capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for name in restored:
+        assert f"== {name}: resuming" in out.stdout, out.stdout[-3000:]
     assert all(s["status"] == "done" for s in load_manifest(study_dir)["stages"])
     for stage in load_manifest(study_dir)["stages"]:
         for name, lines in _epoch_logs(study_dir / stage["name"]).items():
             wanted = [1] if stage["kind"] == "teachers" else list(range(1, EPOCHS + 1))
             assert [ln["epoch"] for ln in lines] == wanted, (stage["name"], name)  # every epoch trained once
     assert _metrics(study_dir) == _metrics(concurrent)
+
+
+def test_a_kill_while_two_stages_train_resumes_to_the_same_metrics(concurrent, tmp_path):
+    study_dir = tmp_path / "killed"
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    try:
+        driver, training = _start_until_two_stages_train(tmp_path, "killed", first, stdout=subprocess.DEVNULL,
+                                                         stderr=subprocess.DEVNULL)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        _end_marked(first)
+        running = [s["name"] for s in load_manifest(study_dir)["stages"] if s["status"] == "running"]
+        assert set(training) <= set(running)
+        _resume_to_the_end(study_dir, second, concurrent, training)
+    finally:
+        for marker in (first, second):
+            _end_marked(marker)
+
+
+def test_ctrl_c_while_two_stages_train_stops_both_cleanly_and_resume_finishes_them(concurrent, tmp_path):
+    study_dir = tmp_path / "stopped"
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    try:
+        driver, training = _start_until_two_stages_train(tmp_path, "stopped", first, stdout=subprocess.PIPE,
+                                                         stderr=subprocess.STDOUT, text=True)
+        driver.send_signal(signal.SIGINT)
+        output, _ = driver.communicate(timeout=180)
+        assert driver.returncode == 130, output[-3000:]  # interrupted: resume later
+        assert "stopping every running stage" in output and "Traceback" not in output, output[-3000:]
+        deadline = time.time() + 30
+        while _marked_pids(first) and time.time() < deadline:  # Ray's workers go with the driver
+            time.sleep(0.5)
+        assert not _marked_pids(first), "processes of the stopped study outlived it"
+        stages = {s["name"]: s["status"] for s in load_manifest(study_dir)["stages"]}
+        assert all(stages[name] == "interrupted" for name in training), stages  # each stage says where it stopped
+        _resume_to_the_end(study_dir, second, concurrent, training)
+    finally:
+        for marker in (first, second):
+            _end_marked(marker)
 
 
 def _mid_trial_stages(study_dir: Path) -> list[str]:
