@@ -412,7 +412,11 @@ def measure_interleaved(settings: Settings, teacher_file: Path, loops: Sequence[
     Any bias is against the platform: the reference's DataLoader workers keep preparing batches (and using
     cores) while the platform's chunk runs, and start its own chunk with batches ready.
     """
-    runners = [RUNNERS[loop](settings, teacher_file) for loop in loops]
+    return time_interleaved([RUNNERS[loop](settings, teacher_file) for loop in loops], settings)
+
+
+def time_interleaved(runners: Sequence[Runner], settings: Settings) -> list[Measurement]:
+    """Warm every runner up, then time them in alternating chunks (one measurement each); closes them."""
     try:
         for runner in runners:
             runner.run(settings.warmup)

@@ -328,3 +328,17 @@ def test_benchmark_pack_mode_runs_trials_through_ray(ray_session, capsys):
     assert packed["img_s"] > 0 and result["platform"]["single"]["img_s"] > 0
     if not result["gpu"]:
         assert packed["gpu_per_trial"] == 0 and packed["cpu_per_trial"] == 1.0  # 2 CPUs shared by 2 trials
+
+
+def test_method_cost_benchmark_times_each_method_beside_the_first(capsys):
+    from benchmarks import method_cost
+
+    tiny = ["--student", "resnet8", "--teacher", "resnet8", "--steps", "2", "--batch-size", "8", "--threads", "1"]
+    assert method_cost.main([*tiny, "--methods", "kd,crd,ofd", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = result["methods"]
+    assert list(rows) == ["kd", "crd", "ofd"] and result["baseline"] == "kd"
+    assert rows["kd"]["step_cost"] == 1.0 and all(r["steps"] == 2 and r["img_s"] > 0 for r in rows.values())
+    assert rows["crd"]["step_cost"] == pytest.approx(rows["kd"]["img_s"] / rows["crd"]["img_s"])
+    with pytest.raises(Exception, match="unknown method 'kdd'"):
+        method_cost.main([*tiny, "--methods", "kd,kdd"])
