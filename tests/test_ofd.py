@@ -20,6 +20,7 @@ from trainables.errors import ConfigError
 from trainables.loop import build_trial, train
 from trainables.methods import METHODS
 from trainables.methods.ofd import bn_margin, ofd_distance
+from trainables.models import models_with
 
 
 def test_ofd_margin_and_partial_l2_worked_value():
@@ -44,8 +45,9 @@ def test_ofd_margin_and_partial_l2_worked_value():
 
 
 def test_ofd_refuses_a_family_without_preact_stages(student_cfg, tmp_path):
-    with pytest.raises(ConfigError, match="student 'vgg8' does not have.*CIFAR ResNets"):
+    with pytest.raises(ConfigError, match="student 'vgg8' does not have; students with them: resnet110") as err:
         build_trial({**student_cfg, "method": "ofd", "student": "vgg8"}, workdir=tmp_path)
+    assert str(err.value).split("them: ")[1].split(", ") == models_with("supports_preact")  # the registry's list
 
 
 @pytest.mark.slow
