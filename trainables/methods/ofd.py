@@ -14,8 +14,8 @@ part from the teacher's BN before the ReLU (scale ``|gamma|``, shift ``beta``):
 mdistiller's loss differs from the paper's text in one place kept here: the stage weights ``1/2^(n-1-i)``.
 Pre-activation maps come from ``ZooModel.forward_preact_stages`` (student and teacher) and the margins from
 the teacher's ``bn_before_relu``; a student without the first (``supports_preact``) or a teacher without
-both (``supports_bn_before_relu`` too) is refused with the registered models that have them. Where each
-family takes its maps is in its module docstring.
+both (``supports_bn_before_relu`` too: ShuffleNets are students only, as in mdistiller) is refused with the
+registered models that have them. Where each family takes its maps is in its module docstring.
 """
 
 from __future__ import annotations
