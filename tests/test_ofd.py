@@ -1,5 +1,6 @@
-"""OFD: the BN margin and partial L2 against values worked from the formula, the families it refuses,
-training on digits, exact resume, and a real Optuna trial of its declared space."""
+"""OFD: the BN margin and partial L2 against values worked from the formula, each family's pre-activation
+maps against a plain forward, the families it refuses, training on digits, exact resume, and a real Optuna
+trial of its declared space."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from trainables.errors import ConfigError
 from trainables.loop import build_trial, train
 from trainables.methods import METHODS
 from trainables.methods.ofd import bn_margin, ofd_distance
+from trainables.models import create, models_with
 
 
 def test_ofd_margin_and_partial_l2_worked_value():
@@ -43,9 +45,111 @@ def test_ofd_margin_and_partial_l2_worked_value():
     assert got == pytest.approx(by_hand, abs=1e-5)
 
 
+# Where ReLU(preact[i]) is not stage i itself (module docstrings): the input of this module in a plain forward.
+RELU_OF_PREACT_FEEDS = {
+    "wrn_16_1": {1: "block2.layer.0.conv1", 2: "block3.layer.0.conv1"},  # the next stage's first BN-ReLU
+    "ShuffleV2": {3: "conv2"},  # mdistiller's stage 3 is layer3, before the 1x1 head conv
+}
+
+
+def _randomised(name: str) -> torch.nn.Module:
+    """``name`` in eval mode with BN statistics and affines drawn away from identity (negative regions exist)."""
+    torch.manual_seed(0)
+    model = create(name, num_classes=10).eval()
+    for bn in model.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            with torch.no_grad():
+                bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-1, 1)
+                bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2)
+    return model
+
+
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_1", "ShuffleV1", "ShuffleV2"])
+def test_preact_maps_are_the_pre_relu_maps_of_a_plain_forward(name):
+    """The preact pass's stages equal ``forward_stages``; each map has its stage's shape and its ReLU is that
+    stage (or, where the ReLU belongs to the next layer, that layer's input in a plain forward)."""
+    model = _randomised(name)
+    feeds = RELU_OF_PREACT_FEEDS.get(name, {})
+    seen: dict[str, torch.Tensor] = {}
+    for path in feeds.values():
+        model.get_submodule(path).register_forward_pre_hook(lambda mod, args, path=path: seen.update({path: args[0]}))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain = model.forward_stages(x)
+        both = model.forward_preact_stages(x)
+    assert len(both.stages) == len(both.preact) == len(plain) == 4
+    for a, b in zip(both.stages, plain):
+        assert torch.equal(a, b)
+    for i in (1, 2, 3):
+        pre, target = both.preact[i], seen[feeds[i]] if i in feeds else plain[i]
+        if (name, i) != ("ShuffleV2", 3):
+            assert pre.shape == plain[i].shape
+        assert (pre < 0).any()  # a real pre-activation map, not a post-ReLU one
+        assert torch.allclose(torch.relu(pre), target, atol=1e-6), i
+
+
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_1"])
+def test_bn_before_relu_names_one_bn_per_preact_map(name):
+    model = _randomised(name)
+    x = torch.randn(2, 3, 32, 32)
+    outputs: list[torch.Tensor] = []
+    bns = model.bn_before_relu()
+    for bn in bns:
+        bn.register_forward_hook(lambda mod, args, out: outputs.append(out))
+    with torch.no_grad():
+        maps = model.forward_preact_stages(x).preact[1:]
+    assert len(bns) == len(maps) == 3
+    assert [bn.num_features for bn in bns] == [m.shape[1] for m in maps]
+    if name == "wrn_16_1":  # pre-activation blocks: each map is exactly its BN's output
+        for out, m in zip(outputs, maps):
+            assert torch.equal(out, m)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_1", "ShuffleV1", "ShuffleV2"])
+def test_a_training_preact_pass_updates_each_bn_once(name):
+    """mdistiller's WRN runs three BNs twice per step for its maps; here a preact pass counts like a forward."""
+    model = create(name, num_classes=10).train()
+    model.forward_preact_stages(torch.randn(2, 3, 32, 32))
+    assert {int(bn.num_batches_tracked) for bn in model.modules() if isinstance(bn, nn.BatchNorm2d)} == {1}
+
+
 def test_ofd_refuses_a_family_without_preact_stages(student_cfg, tmp_path):
-    with pytest.raises(ConfigError, match="student 'vgg8' does not have.*CIFAR ResNets"):
+    with pytest.raises(ConfigError, match="student 'vgg8' does not have; students with them: ShuffleV1, ShuffleV2, "
+                                          "resnet110.*wrn_40_2$") as err:
         build_trial({**student_cfg, "method": "ofd", "student": "vgg8"}, workdir=tmp_path)
+    assert str(err.value).split("them: ")[1].split(", ") == models_with("supports_preact")  # the registry's list
+
+
+def test_ofd_refuses_a_shufflenet_teacher(tmp_path):
+    """ShuffleNets name no BN behind their maps (as in mdistiller): students only."""
+    path = tmp_path / "shufflev1.pt"
+    torch.save({"model": create("ShuffleV1", num_classes=10).state_dict()}, path)
+    cfg = {"dataset": "digits", "method": "ofd", "teacher": "ShuffleV1", "teacher_checkpoint": str(path),
+           "student": "resnet8"}
+    with pytest.raises(ConfigError, match="BN behind each map.*teacher 'ShuffleV1' does not have; teachers with "
+                                          "them: resnet110, .*wrn_40_2$") as err:
+        build_trial(cfg, workdir=tmp_path / "run")
+    assert "Shuffle" not in str(err.value).split("them: ")[1]
+
+
+@pytest.mark.parametrize("student", ["wrn_16_1", "ShuffleV1"])
+def test_ofd_takes_a_training_step_from_a_wrn_teacher(wide_digits_teacher, student, tmp_path):
+    """Table 1's WRN teacher with a WRN and a ShuffleNet student: one optimizer step of the built trial, both
+    terms finite and positive, every connector trained (the maps reach the loss)."""
+    cfg = {"dataset": "digits", "teacher": "wrn_16_2", "teacher_checkpoint": wide_digits_teacher["checkpoint"],
+           "student": student, "method": "ofd", "epochs": 1, "batch_size": 32, "train_subset": 32, "seed": 0}
+    trial = build_trial(cfg, workdir=tmp_path)
+    method = trial.method.train()
+    trial.teacher.on_epoch_start(0)
+    method.on_epoch_start(0)
+    step = method.training_step(next(iter(method.train_batches(trial.data.train, trial.cfg, 0))), 0)
+    assert all(0 < v.item() < math.inf for v in step.losses.values()) and set(step.losses) == {"ce", "ofd"}
+    trial.optimizer.zero_grad()
+    sum(step.losses.values()).backward()
+    assert len(method.connectors) == 3
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.connectors.parameters())
+    trial.optimizer.step()
+    assert all(torch.isfinite(p).all() for p in method.parameters())
 
 
 @pytest.mark.slow

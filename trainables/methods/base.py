@@ -157,13 +157,14 @@ class Method(nn.Module):
 
 
 def probe_stages(model: nn.Module, ctx: MethodContext, preact: bool = False) -> list[torch.Tensor]:
-    """The stage maps of ``model`` on a zero batch of the trial's input shape (eval mode, no gradients, the
-    mode restored): how a method sizes its extra modules (regressors, connectors) before training."""
+    """The stage maps of ``model`` (with ``preact``, its pre-activation maps) on a zero batch of the trial's input
+    shape (eval mode, no gradients, the mode restored): how a method sizes its extra modules (regressors,
+    connectors) before training."""
     was_training = model.training
     model.eval()
     with torch.no_grad():
         x = torch.zeros(2, *ctx.input_shape, device=ctx.device)
-        stages = model.forward_preact_stages(x) if preact else model.forward_stages(x)
+        stages = model.forward_preact_stages(x).preact if preact else model.forward_stages(x)
     model.train(was_training)
     return stages
 

@@ -12,8 +12,10 @@ part from the teacher's BN before the ReLU (scale ``|gamma|``, shift ``beta``):
 ``-3 |gamma|``.
 
 mdistiller's loss differs from the paper's text in one place kept here: the stage weights ``1/2^(n-1-i)``.
-Pre-activation maps come from ``ZooModel.forward_preact_stages`` / ``bn_before_relu``; families without
-them (``supports_preact``) are refused with the list of those that have them.
+Pre-activation maps come from ``ZooModel.forward_preact_stages`` (student and teacher) and the margins from
+the teacher's ``bn_before_relu``; a student without the first (``supports_preact``) or a teacher without
+both (``supports_bn_before_relu`` too: ShuffleNets are students only, as in mdistiller) is refused with the
+registered models that have them. Where each family takes its maps is in its module docstring.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import nn
 
 from ..data import Batch
 from ..errors import ConfigError
+from ..models import models_with
 from ..params import Float, Param
 from .base import Method, MethodContext, StepResult, probe_stages, register_method
 
@@ -61,6 +64,11 @@ def connector(s_channels: int, t_channels: int) -> nn.Sequential:
     return nn.Sequential(conv, bn)
 
 
+NEEDS = {"student": (("supports_preact",), "pre-activation stages"),
+         "teacher": (("supports_preact", "supports_bn_before_relu"),
+                     "pre-activation stages and the BN behind each map (its margin)")}
+"""What OFD reads from each network: the ``ZooModel`` flags that promise it, and how the refusal names it."""
+
 
 @register_method
 class OFD(Method):
@@ -75,9 +83,11 @@ class OFD(Method):
     def __init__(self, student: nn.Module, teacher: Any, cfg: Mapping[str, Any], ctx: MethodContext) -> None:
         super().__init__(student, teacher, cfg, ctx)
         for role, model, arch in (("student", student, cfg["student"]), ("teacher", teacher.model, cfg["teacher"])):
-            if not getattr(model, "supports_preact", False):
-                raise ConfigError(f"method 'ofd' needs pre-activation stages, which {role} '{arch}' does not have; "
-                                  "families with them: CIFAR ResNets (resnet8 ... resnet110, resnet8x4, resnet32x4)")
+            flags, what = NEEDS[role]
+            if not all(getattr(model, flag, False) for flag in flags):
+                allowed = sorted(set.intersection(*(set(models_with(flag)) for flag in flags)))
+                raise ConfigError(f"method 'ofd' needs {what}, which {role} '{arch}' does not have; "
+                                  f"{role}s with them: {', '.join(allowed)}")
         s_maps = probe_stages(student, ctx, preact=True)[1:]
         t_maps = probe_stages(teacher.model, ctx, preact=True)[1:]
         n = min(len(s_maps), len(t_maps))
@@ -88,11 +98,11 @@ class OFD(Method):
             self.register_buffer(f"margin{i}", bn_margin(bn).to(ctx.device))
 
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
-        pre = self.student.forward_preact_stages(batch.x)
-        logits = self.student.forward_head(F.relu(pre[-1]))
+        out = self.student.forward_preact_stages(batch.x)
+        logits = self.student.forward_head(out.stages[-1])
         t_pre = self.teacher.outputs(batch, want="preact").preact[1:][-self.n:]
         distill = 0.0
-        for i, (s, t) in enumerate(zip(pre[1:][-self.n:], t_pre)):
+        for i, (s, t) in enumerate(zip(out.preact[1:][-self.n:], t_pre)):
             s = self.connectors[i](s)
             t = F.adaptive_avg_pool2d(t, s.shape[-2:])
             distill = distill + ofd_distance(s, t, getattr(self, f"margin{i}")) / 2 ** (self.n - i - 1)

@@ -15,16 +15,19 @@ from . import (  # noqa: F401
     imagenet_mobilenetv1,
     imagenet_resnet,
 )
-from .base import ZooModel
+from .base import PreactStages, ZooModel
 from .checkpoint import CheckpointMismatchError, load_checkpoint
-from .registry import create, is_imagenet_model, list_models, register_model
+from .registry import create, is_imagenet_model, list_models, model_class, models_with, register_model
 
 __all__ = [
     "CheckpointMismatchError",
+    "PreactStages",
     "ZooModel",
     "create",
     "is_imagenet_model",
     "list_models",
     "load_checkpoint",
+    "model_class",
+    "models_with",
     "register_model",
 ]

@@ -9,10 +9,22 @@ where its final linear layer lives; pooling, flattening and the classifier call 
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+@dataclass
+class PreactStages:
+    """One pass's ordinary stages and OFD's pre-activation maps (:meth:`ZooModel.forward_preact_stages`)."""
+
+    stages: list[Tensor]
+    """Exactly :meth:`ZooModel.forward_stages` of the same input (the head pools ``stages[-1]``)."""
+    preact: list[Tensor]
+    """``[stem, stage1, ..., stageN]`` before the ReLU that ends each stage, or that the next layer applies
+    first (mdistiller's ``preact_feats``); each family's docstring says where its maps are taken."""
 
 
 class ZooModel(nn.Module, abc.ABC):
@@ -24,7 +36,9 @@ class ZooModel(nn.Module, abc.ABC):
 
     classifier_path: str = "fc"
     supports_preact: bool = False
-    """True for families that implement :meth:`forward_preact_stages` and :meth:`bn_before_relu` (OFD)."""
+    """True for families that implement :meth:`forward_preact_stages` (what an OFD student needs)."""
+    supports_bn_before_relu: bool = False
+    """True where :meth:`bn_before_relu` names the BN behind each pre-activation map too (an OFD teacher's margin)."""
 
     @abc.abstractmethod
     def forward_stages(self, x: Tensor) -> list[Tensor]:
@@ -36,15 +50,17 @@ class ZooModel(nn.Module, abc.ABC):
         RepDistiller's last tap.
         """
 
-    def forward_preact_stages(self, x: Tensor) -> list[Tensor]:
-        """``[stem, stage1, ..., stageN]`` taken *before* their final ReLU (OFD's pre-activation features).
+    def forward_preact_stages(self, x: Tensor) -> PreactStages:
+        """The stages and their pre-activation maps from one pass (OFD reads ``preact[1:]``, predicts from
+        ``stages[-1]``), each BN run once so training updates its statistics as a plain forward does.
 
         Families that support it set ``supports_preact``; the others raise ``NotImplementedError``."""
         raise NotImplementedError(f"{type(self).__name__} has no pre-activation stages")
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
-        """The BN layers whose outputs the pre-ReLU maps of stages 1..N are (their statistics give OFD's margin)."""
-        raise NotImplementedError(f"{type(self).__name__} has no pre-activation stages")
+        """One BN per map of ``preact[1:]``, the one that (last) produced it: its affine parameters give
+        OFD's margin. Families that have them set ``supports_bn_before_relu``."""
+        raise NotImplementedError(f"{type(self).__name__} names no BN before its pre-activation maps")
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Final feature map ``(B, C, H, W)`` before pooling."""

@@ -3,6 +3,10 @@
 Three stages of post-activation basic blocks on a 3x3 stem. Attribute names (``conv1``, ``bn1``,
 ``layerN.i.{conv,bn}{1,2}``, ``downsample.{0,1}``, ``fc``) follow the reference so its released
 ``{'model': state_dict}`` checkpoints load strictly.
+
+OFD (``forward_preact_stages``, ``bn_before_relu``) as mdistiller's ResNet: a stage's pre-activation map is its
+last block's residual sum before the ReLU, so ReLU of it is the stage; the BN named for its margin is that
+block's ``bn2``, the residual branch's last BN (the shortcut is added after it).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ZooModel, init_conv_bn
+from .base import PreactStages, ZooModel, init_conv_bn
 from .registry import register_model
 
 
@@ -49,6 +53,7 @@ class CifarResNet(ZooModel):
 
     classifier_path = "fc"
     supports_preact = True
+    supports_bn_before_relu = True
 
     def __init__(self, depth: int, widths: list[int], num_classes: int = 100) -> None:
         super().__init__()
@@ -77,15 +82,16 @@ class CifarResNet(ZooModel):
         f3 = self.layer3(f2)
         return [stem, f1, f2, f3]
 
-    def forward_preact_stages(self, x: Tensor) -> list[Tensor]:
+    def forward_preact_stages(self, x: Tensor) -> PreactStages:
         pre = [self.bn1(self.conv1(x))]
-        out = F.relu(pre[0])
+        stages = [F.relu(pre[0])]
         for layer in (self.layer1, self.layer2, self.layer3):
+            out = stages[-1]
             for block in layer[:-1]:
                 out = block(out)
             pre.append(layer[-1].preact(out))
-            out = F.relu(pre[-1])
-        return pre
+            stages.append(F.relu(pre[-1]))
+        return PreactStages(stages, pre)
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         return [layer[-1].bn2 for layer in (self.layer1, self.layer2, self.layer3)]

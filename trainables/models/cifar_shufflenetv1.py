@@ -3,6 +3,12 @@
 Stem is a 1x1 conv to 24 channels at full resolution; each stage starts with a stride-2 unit that
 concatenates an average-pooled shortcut. Key names (``conv1``, ``bn1``, ``layerN.i.{conv,bn}{1,2,3}``,
 ``linear``) follow the reference. Its fixed 4x4 average pool equals adaptive pooling on 32x32 inputs.
+
+OFD, as mdistiller's ShuffleNetV1: a stage's pre-activation map is its last unit's sum (or, for a stride-2
+unit, concatenation) before the final ReLU, so ReLU of it is the stage. It can be an OFD *student* only:
+mdistiller names no BN behind those maps (``get_bn_before_relu`` refuses ShuffleNets as OFD teachers), and
+none fits, since a stage ends in the sum of ``bn3`` with the unit's input (or the concatenation with the
+pooled input); ``bn_before_relu`` therefore stays unimplemented.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ZooModel
+from .base import PreactStages, ZooModel
 from .registry import register_model
 from .shuffle import channel_shuffle
 
@@ -33,19 +39,24 @@ class ShuffleUnit(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_ch)
 
     def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.preact(x))
+
+    def preact(self, x: Tensor) -> Tensor:
+        """The unit's output before its final ReLU (sum, or concatenation with the pooled shortcut)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = channel_shuffle(out, self.first_groups)
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.stride == 2:
-            return F.relu(torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], 1))
-        return F.relu(out + x)
+            return torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], 1)
+        return out + x
 
 
 class CifarShuffleNetV1(ZooModel):
     """Three stages of shuffle units; every stage halves the resolution."""
 
     classifier_path = "linear"
+    supports_preact = True
 
     def __init__(self, widths: list[int], blocks: list[int], groups: int, num_classes: int = 100) -> None:
         super().__init__()
@@ -68,6 +79,14 @@ class CifarShuffleNetV1(ZooModel):
         f2 = self.layer2(f1)
         f3 = self.layer3(f2)
         return [stem, f1, f2, f3]
+
+    def forward_preact_stages(self, x: Tensor) -> PreactStages:
+        pre = [self.bn1(self.conv1(x))]
+        stages = [F.relu(pre[0])]
+        for layer in (self.layer1, self.layer2, self.layer3):
+            pre.append(layer[-1].preact(layer[:-1](stages[-1])))
+            stages.append(F.relu(pre[-1]))
+        return PreactStages(stages, pre)
 
 
 @register_model("ShuffleV1")

@@ -3,6 +3,19 @@
 Each stage is one stride-2 ``DownBlock`` followed by channel-split units; the network ends in a 1x1
 ``conv2``/``bn2``/ReLU to 1024 channels, and that map (what the head pools) is ``forward_features``.
 Key names follow the reference. Its fixed 4x4 average pool equals adaptive pooling on 32x32 inputs.
+
+OFD, as mdistiller's ShuffleNetV2: a stage's pre-activation map is its last unit's concatenation of the kept
+half with ``bn3``'s output, before that half's ReLU. Two readings differ from the stage list:
+
+- the maps are the three *stages* (the last 464 channels wide), as mdistiller distils them; the 1x1 head
+  conv (``conv2``/``bn2``, 1024 channels), which ``stages[-1]`` is, gets no map;
+- the map is channel-shuffled like the unit's output (mdistiller takes it before the shuffle), so ReLU of
+  it equals the stage output exactly (the kept half is already non-negative). For OFD that is the same
+  student: the map only feeds a 1x1 connector whose initial weights are drawn i.i.d., which a fixed
+  permutation of its input channels leaves equal in distribution.
+
+It can be an OFD *student* only: half of each map is no BN's output, and mdistiller's
+``get_bn_before_relu`` refuses ShuffleNets as OFD teachers; ``bn_before_relu`` stays unimplemented.
 """
 
 from __future__ import annotations
@@ -11,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ZooModel
+from .base import PreactStages, ZooModel
 from .registry import register_model
 from .shuffle import channel_shuffle
 
@@ -36,10 +49,19 @@ class SplitUnit(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         keep, work = x.chunk(2, dim=1)
+        return channel_shuffle(torch.cat([keep, F.relu(self._branch(work))], 1), 2)
+
+    def forward_preact(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(map before the branch's last ReLU, unit output)``, both shuffled alike (OFD)."""
+        keep, work = x.chunk(2, dim=1)
+        branch = self._branch(work)
+        pre = channel_shuffle(torch.cat([keep, branch], 1), 2)
+        return pre, channel_shuffle(torch.cat([keep, F.relu(branch)], 1), 2)
+
+    def _branch(self, work: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(work)))
         out = self.bn2(self.conv2(out))
-        out = F.relu(self.bn3(self.conv3(out)))
-        return channel_shuffle(torch.cat([keep, out], 1), 2)
+        return self.bn3(self.conv3(out))
 
 
 class DownUnit(nn.Module):
@@ -65,6 +87,7 @@ class CifarShuffleNetV2(ZooModel):
     """1x1 stem at full resolution, three down-sampling stages, 1x1 head conv."""
 
     classifier_path = "linear"
+    supports_preact = True
 
     def __init__(self, widths: list[int], blocks: list[int], head_ch: int, num_classes: int = 100) -> None:
         super().__init__()
@@ -86,6 +109,16 @@ class CifarShuffleNetV2(ZooModel):
         f2 = self.layer2(f1)
         head = F.relu(self.bn2(self.conv2(self.layer3(f2))))
         return [stem, f1, f2, head]
+
+    def forward_preact_stages(self, x: Tensor) -> PreactStages:
+        pre = [self.bn1(self.conv1(x))]
+        stages = [F.relu(pre[0])]
+        for layer in (self.layer1, self.layer2, self.layer3):
+            p, out = layer[-1].forward_preact(layer[:-1](stages[-1]))
+            pre.append(p)
+            stages.append(out)
+        stages[-1] = F.relu(self.bn2(self.conv2(stages[-1])))
+        return PreactStages(stages, pre)
 
 
 @register_model("ShuffleV2")

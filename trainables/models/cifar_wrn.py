@@ -3,6 +3,15 @@
 Pre-activation blocks (BN-ReLU-conv), so the network ends with its own ``bn1`` + ReLU before pooling;
 ``forward_features`` returns the map after that final BN-ReLU. Names (``blockN.layer.i.*``,
 ``convShortcut``, ``bn1``, ``fc``) follow the reference for strict checkpoint loading.
+
+OFD, as mdistiller's WRN: blocks are pre-activation, so a stage ends in a raw residual sum and its ReLU is
+applied by the *next* BN-ReLU: the first block of the next stage (``block2.layer[0].bn1``,
+``block3.layer[0].bn1``) and, after stage 3, the network's own ``bn1``. Those three BNs are
+``bn_before_relu`` and their outputs the pre-activation maps, so each map is exactly its BN's output. ReLU
+of the last one is the last stage (the map the head pools); ReLU of the first two is what the next stage's
+first block computes from its input, not the stage output (the raw sum) listed in ``stages``. mdistiller
+runs those BNs a second time on the stage outputs to get the maps, which in training updates their running
+statistics twice per step; here the pass computes each once and the next block continues from it.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ZooModel
+from .base import PreactStages, ZooModel
 from .registry import register_model
 
 
@@ -34,7 +43,14 @@ class WideBasicBlock(nn.Module):
             self.convShortcut = nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        act = self.relu1(self.bn1(x))
+        return self._from_activated(x, self.relu1(self.bn1(x)))
+
+    def forward_preact(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(bn1(x), block output)``: the block's first BN output (OFD's map of the previous stage), kept."""
+        pre = self.bn1(x)
+        return pre, self._from_activated(x, F.relu(pre))
+
+    def _from_activated(self, x: Tensor, act: Tensor) -> Tensor:
         out = self.relu2(self.bn2(self.conv1(act)))
         if self.drop_rate > 0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)
@@ -61,6 +77,8 @@ class WideResNet(ZooModel):
     """``depth = 6n + 4``; stage widths ``16k, 32k, 64k`` for widen factor ``k``."""
 
     classifier_path = "fc"
+    supports_preact = True
+    supports_bn_before_relu = True
 
     def __init__(self, depth: int, widen_factor: int, num_classes: int = 100, drop_rate: float = 0.0) -> None:
         super().__init__()
@@ -95,6 +113,20 @@ class WideResNet(ZooModel):
         f2 = self.block2(f1)
         f3 = self.relu(self.bn1(self.block3(f2)))
         return [stem, f1, f2, f3]
+
+    def forward_preact_stages(self, x: Tensor) -> PreactStages:
+        stem = self.conv1(x)
+        stages, pre = [stem, self.block1(stem)], [stem]
+        for block in (self.block2, self.block3):
+            p, out = block.layer[0].forward_preact(stages[-1])
+            pre.append(p)
+            stages.append(block.layer[1:](out))
+        pre.append(self.bn1(stages[-1]))
+        stages[-1] = F.relu(pre[-1])
+        return PreactStages(stages, pre)
+
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
 
 
 def _register(name: str, depth: int, widen: int) -> None:

@@ -6,8 +6,11 @@ list of valid names in one place for error messages and test parametrisation.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TypeVar
+
+import torch
 
 from .base import ZooModel
 
@@ -52,3 +55,17 @@ def create(name: str, num_classes: int = 100, **kwargs) -> ZooModel:
     """Build a freshly initialised model; never downloads weights."""
     _check_name(name)
     return _BUILDERS[name](num_classes=num_classes, **kwargs)
+
+
+@functools.cache
+def model_class(name: str) -> type[ZooModel]:
+    """The class ``name`` builds, read off a copy built on the meta device (no memory, no real init)."""
+    _check_name(name)
+    with torch.device("meta"):
+        return type(_BUILDERS[name](num_classes=2))
+
+
+def models_with(flag: str) -> list[str]:
+    """Registered names whose class sets the boolean ``flag`` (e.g. ``supports_preact``), sorted: the one
+    source for messages that list which models a method can use."""
+    return [name for name in list_models() if getattr(model_class(name), flag)]

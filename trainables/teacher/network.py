@@ -29,7 +29,7 @@ class TeacherOutput:
     features: torch.Tensor | None
     stages: list[torch.Tensor]
     preact: list[torch.Tensor] = field(default_factory=list)
-    """The stages before their final ReLU (``want="preact"``, OFD); empty otherwise."""
+    """The pre-activation maps (``want="preact"``, OFD; see ``PreactStages.preact``); empty otherwise."""
 
 
 class FrozenTeacher:
@@ -54,13 +54,16 @@ class FrozenTeacher:
 
     def forward(self, x: torch.Tensor, preact: bool = False) -> TeacherOutput:
         """Logits, last feature map and stages of ``x`` (uncounted: callers that supervise count); with
-        ``preact`` also the pre-ReLU stages (``model.forward_preact_stages``; the stages are their ReLUs)."""
+        ``preact`` also the pre-activation maps, from the same pass (``model.forward_preact_stages``)."""
         with torch.inference_mode():
             cast = (torch.autocast(x.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
                     else contextlib.nullcontext())
             with cast:
-                pre = self.model.forward_preact_stages(x) if preact else []
-                stages = [torch.relu(p) for p in pre] if preact else self.model.forward_stages(x)
+                if preact:
+                    both = self.model.forward_preact_stages(x)
+                    stages, pre = both.stages, both.preact
+                else:
+                    stages, pre = self.model.forward_stages(x), []
                 logits = self.model.forward_head(stages[-1])
         stages = [_to_normal_fp32(s) for s in stages]
         pre = [_to_normal_fp32(p) for p in pre]
