@@ -147,6 +147,8 @@ def test_set_overrides_and_defaults(tmp_path):
     assert spec.data["storage_path"].startswith("/")
     with pytest.raises(SpecError, match="not an index"):
         apply_sets(BASE, ["pairs.3.student=resnet8"])
+    one_pair = validate(apply_sets(BASE, ["pairs.0.method_config.kd.temperature=2"]), probe=False)
+    assert one_pair.pair_config("kd", one_pair.pairs[0])["temperature"] == 2
 
 
 def test_full_training_set_grid_and_fixed_configs_validate():
