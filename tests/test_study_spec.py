@@ -256,6 +256,15 @@ def test_table1_presets_cover_the_papers_twelve_rows_on_its_eight_pairs(tmp_path
     pairs = {(p["teacher"], p["student"]) for p in main_spec.data["pairs"]}
     assert pairs == set(zip(paper["teacher"], paper["student"])) and len(pairs) == 8
     assert ofd_spec.data["methods"] == ["ofd"]
+    # DKD's beta per pair: mdistiller's configs/cifar100/dkd/ files (resnet110 -> resnet20 has none: 2, as both
+    # its nearest pairs), the declared default 8 elsewhere
+    betas = {(p["teacher"], p["student"]): main_spec.pair_config("dkd", p).get("dkd_beta", METHODS["dkd"].defaults[
+        "dkd_beta"]) for p in main_spec.pairs}
+    assert betas == {("wrn_40_2", "wrn_40_1"): 6.0, ("resnet56", "resnet20"): 2.0, ("resnet110", "resnet20"): 2.0,
+                     ("resnet110", "resnet32"): 2.0, ("resnet32x4", "resnet8x4"): 8.0, ("resnet32x4", "ShuffleV1"): 8.0,
+                     ("resnet32x4", "ShuffleV2"): 8.0, ("wrn_40_2", "ShuffleV1"): 8.0}
+    assert all(set(main_spec.method_settings(m, p)) <= {"connector_depth"} for m in main_spec.methods if m != "dkd"
+               for p in main_spec.pairs)  # no other method's settings differ per pair
     ofd_pairs = {(p["teacher"], p["student"]) for p in ofd_spec.data["pairs"]}
     assert ofd_pairs == {pair for pair in pairs if all(a.startswith("resnet") for a in pair)}
     with pytest.raises(SpecError, match="ofd.*does not have"):
