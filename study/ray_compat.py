@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -111,3 +112,44 @@ def share_stop_event(event: Any) -> None:
     if not callable(getattr(tune_module, "_setup_signal_catching", None)):
         raise _fail(f"{SIGNAL_SETUP} does not exist")
     tune_module._setup_signal_catching = lambda: event
+
+
+# -- Tune's trainable registry, shared by the stages of one driver --------------------------------------------------
+REGISTRY = "ray.tune.registry._global_registry"
+REGISTRY_METHODS = ("register", "flush_values", "unregister", "unregister_all")
+
+
+def serialise_registry(registry: Any = None) -> None:
+    """Make Tune's trainable registry (``_global_registry`` unless given) safe for stages started together.
+
+    Each ``Tuner.fit`` registers its trainable when it starts (``Experiment.register_if_needed``); the
+    registry adds it to a dict and then flushes that dict to Ray's key-value store by iterating over it, with
+    no lock. Two stages starting at the same moment in worker threads (the students' stages of one teacher,
+    released together) so crash one of them with "dictionary changed size during iteration". One lock
+    around each of those methods (re-entrant: ``register`` calls ``flush_values``) serialises them; the
+    methods are replaced on the instance, once.
+    """
+    if registry is None:
+        import ray.tune.registry as module
+
+        registry = getattr(module, "_global_registry", None)
+        if registry is None:
+            raise _fail(f"{REGISTRY} does not exist")
+    if getattr(registry, "_kdstudy_lock", None) is not None:
+        return
+    for name in REGISTRY_METHODS:
+        if not callable(getattr(registry, name, None)):
+            raise _fail(f"{REGISTRY} has no method '{name}'")
+    lock = threading.RLock()
+
+    def locked(method: Any) -> Any:
+        @functools.wraps(method)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return method(*args, **kwargs)
+
+        return call
+
+    for name in REGISTRY_METHODS:
+        setattr(registry, name, locked(getattr(registry, name)))
+    registry._kdstudy_lock = lock

@@ -343,6 +343,7 @@ def run_stages(spec: Spec, study_dir: Path, resources: dict[str, float], *, kind
     run = _Run([e["name"] for e in manifest["stages"] if _wanted(e, kinds, retry_errored)], kinds=kinds)
     stop = threading.Event()
     ray_compat.share_stop_event(stop)
+    ray_compat.serialise_registry()  # stages start their Tuner.fit in threads, several at a time
     progress = Progress(study_dir, every=_progress_every(verbose, limit))
     with _sigint_sets(stop), without_ray_tensorboard_hint(), \
             ThreadPoolExecutor(max_workers=max(1, len(run.waiting)), thread_name_prefix="stage") as pool:

@@ -168,8 +168,18 @@ class Spec:
         given = self.data["teacher"]["checkpoints"]
         return [a for a in self.teacher_archs() if a not in given]
 
-    def base_config(self, method: str) -> dict[str, Any]:
-        """The fixed config of one method (without pair, seed and teacher files)."""
+    def method_settings(self, method: str, pair: Mapping[str, str]) -> dict[str, Any]:
+        """The keys the spec fixes for ``method`` on ``pair``: ``method_config`` with the pair's own over it.
+
+        The one place the two levels merge: trial configs (``pair_config``), the keys a search leaves alone
+        (``method_space``) and validation all read it. ``pair`` is matched on its teacher and student.
+        """
+        own = next((p.get("method_config", {}) for p in self.data["pairs"]
+                    if (p["teacher"], p["student"]) == (pair["teacher"], pair["student"])), {})
+        return {**self.data["method_config"].get(method, {}), **own.get(method, {})}
+
+    def base_config(self, method: str, pair: Mapping[str, str]) -> dict[str, Any]:
+        """The fixed config of one method on one pair (without the pair's archs, seed and teacher files)."""
         from trainables.config import allowed_keys
         from trainables.methods import get_method
 
@@ -178,7 +188,7 @@ class Spec:
         if self.data["data"]["root"]:
             cfg["data_root"] = self.data["data"]["root"]
         cfg.update({k: v for k, v in self.data["config"].items() if k in keys})
-        cfg.update(self.data["method_config"].get(method, {}))
+        cfg.update(self.method_settings(method, pair))
         return cfg
 
     def teacher_files(self, arch: str, trained: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
@@ -199,7 +209,7 @@ class Spec:
         from trainables.methods import get_method
 
         cls = get_method(method)
-        cfg = self.base_config(method)
+        cfg = self.base_config(method, pair)
         cfg.update({"pair": pair_label(pair), "student": pair["student"], "teacher": pair["teacher"]})
         if cls.needs_teacher:
             files = self.teacher_files(pair["teacher"], trained)
@@ -225,7 +235,8 @@ class Spec:
         return cfg
 
     def method_space(self, method: str, pair: Mapping[str, str]) -> MethodSpace:
-        """The Optuna space of ``method`` (knobs fixed by ``config``/``method_config`` are not searched)."""
+        """The Optuna space of ``method`` on ``pair`` (knobs fixed by ``config``, ``method_config`` or the pair's
+        own ``method_config`` are not searched)."""
         from trainables.config import allowed_keys, resolve_config
         from trainables.methods import get_method
 
@@ -242,7 +253,7 @@ class Spec:
 
             base = {**LOOP_DEFAULTS, **DATA_KEYS, **cls.defaults, **cfg}
             base["lr"] = base["lr"] if base["lr"] is not None else default_lr(base[cls.model_key])
-        fixed = set(self.data["method_config"].get(method, {})) | set(self.data["config"])
+        fixed = set(self.method_settings(method, pair)) | set(self.data["config"])
         space_cfg = (self.search or {}).get("space", {}).get(method, {})
         overrides = {}
         knobs = available_knobs(method, allowed_keys(cls.defaults))

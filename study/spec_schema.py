@@ -24,9 +24,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic.fields import FieldInfo
@@ -219,6 +221,8 @@ class TeacherSection(Section):
 class Pair(Section):
     teacher: str = Field(description="an architecture")
     student: str = Field(description="an architecture")
+    method_config: PerMethod = {}
+    """This pair's own ``{method: {key: value}}``, over the top-level ``method_config`` (``Spec.method_settings``)."""
 
     @field_validator("teacher", "student")
     @classmethod
@@ -226,6 +230,15 @@ class Pair(Section):
         if arch not in _archs():
             raise _unknown(f"{info.field_name} architecture", arch, _archs())
         return arch
+
+    @model_serializer(mode="wrap")
+    def _without_empty_method_config(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A pair without its own settings resolves to ``{teacher, student}``, as before pairs could carry any:
+        the ``spec.yaml`` of such a study is unchanged."""
+        out = handler(self)
+        if not out.get("method_config"):
+            out.pop("method_config", None)
+        return out
 
 
 class SearchSection(Section):
@@ -353,15 +366,33 @@ def check_config_keys(spec: StudySpec) -> None:
 
 
 def check_method_config_keys(spec: StudySpec) -> None:
-    """``method_config``: listed methods only, each with keys of its own."""
-    _check_methods_listed("method_config", spec.method_config, spec.methods)
-    for m, cfg in spec.method_config.items():
-        allowed = _method_keys(m)
+    """``method_config`` and each pair's own: listed methods only, each with keys of its own.
+
+    A pair's key that ``grid`` also varies is refused: the grid would override the pair's value (or the pair
+    would run the same trial once per grid value), and neither is what the spec says.
+    """
+    _check_method_settings("method_config", spec.method_config, spec.methods)
+    for i, pair in enumerate(spec.pairs):
+        where = f"pairs[{i}].method_config"
+        _check_method_settings(where, pair.method_config, spec.methods)
+        for m, cfg in pair.method_config.items():
+            varied = {c for key in spec.grid.get(m, {}) for c in grid_columns(key)}
+            for key in cfg:
+                if key in varied:
+                    raise _fail(f"'{where}.{m}.{key}' is also varied by grid.{m}: a key is either fixed per pair or "
+                                "a grid key; remove one")
+
+
+def _check_method_settings(where: str, given: Mapping[str, Mapping[str, Any]], methods: list[str]) -> None:
+    """``{method: {key: value}}`` at ``where``: listed methods, keys of the method, none the study sets."""
+    _check_methods_listed(where, given, methods)
+    for m, cfg in given.items():
+        allowed = _method_keys(m) - set(STUDY_MANAGED)
         for key in cfg:
             if key in STUDY_MANAGED:
-                raise _fail(f"'method_config.{m}.{key}' is set by the study; remove it")
+                raise _fail(f"'{where}.{m}.{key}' is set by the study; remove it")
             if key not in allowed:
-                raise _fail(f"method '{m}' has no config key '{key}'{suggest(str(key), allowed)}; "
+                raise _fail(f"method '{m}' has no config key '{key}' ({where}.{m}){suggest(str(key), allowed)}; "
                             f"allowed: {', '.join(sorted(allowed))}")
 
 

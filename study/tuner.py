@@ -221,23 +221,32 @@ def _runtime_constants(spec: Spec, resources: Mapping[str, float]) -> dict[str, 
 
 
 def _pairs_space(spec: Spec, method: str, trained: Mapping[str, Any]) -> dict[str, Any]:
-    """Fixed keys of ``method`` over all pairs: constants where equal, a ``Lookup`` on ``pair`` elsewhere."""
+    """Fixed keys of ``method`` over all pairs: constants where equal, a ``Lookup`` on ``pair`` elsewhere.
+
+    A key that only some pairs set (a pair's own ``method_config``) gets the method's default on the others:
+    a Tune space cannot leave a key out for some trials, and ``None`` would not mean the default.
+    """
     from ray import tune
+
+    from trainables.config import LOOP_DEFAULTS
+    from trainables.data import DATA_KEYS
+    from trainables.methods import get_method
 
     configs = {pair_label(p): spec.pair_config(method, p, trained) for p in spec.pairs}
     labels = list(configs)
     if len(labels) == 1:
         return dict(configs[labels[0]])
+    defaults = {**LOOP_DEFAULTS, **DATA_KEYS, **get_method(method).defaults}
     keys = list(dict.fromkeys(k for cfg in configs.values() for k in cfg))
     space: dict[str, Any] = {"pair": tune.grid_search(labels)}
     for key in keys:
         if key == "pair":
             continue
-        values = [configs[label].get(key) for label in labels]
+        values = [configs[label].get(key, defaults.get(key)) for label in labels]
         if all(json.dumps(v, default=str) == json.dumps(values[0], default=str) for v in values):
             space[key] = values[0]
         else:
-            space[key] = tune.sample_from(Lookup("pair", {label: configs[label].get(key) for label in labels}))
+            space[key] = tune.sample_from(Lookup("pair", dict(zip(labels, values))))
     return space
 
 

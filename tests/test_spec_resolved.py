@@ -46,6 +46,12 @@ EDGE_CASES: dict[str, dict[str, Any]] = {
         "teacher": {"epochs": 2, "seed": 3, "config": {"batch_size": 16}}, "method_config": {"kd": {"temperature": 2}},
         "data": {"dataset": "synthetic"},
     },
+    "pair-method-config": {
+        "name": "pairs", "methods": ["ce", "dkd"], "config": {"epochs": 1},
+        "pairs": [{"teacher": "resnet20", "student": "resnet8", "method_config": {"dkd": {"dkd_beta": 2}}},
+                  {"teacher": "resnet20", "student": "resnet14", "method_config": None}],
+        "method_config": {"dkd": {"dkd_beta": 6.0}}, "search": {"trials": 2, "space": {"dkd": {"temperature": 2.0}}},
+    },
 }
 
 

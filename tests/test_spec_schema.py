@@ -13,8 +13,10 @@ import yaml
 from conftest import spec_with
 
 from study.spec import SpecError, validate
-from study.spec_schema import StudySpec, key_path
+from study.spec_schema import STUDY_MANAGED, StudySpec, key_path
+from trainables.config import allowed_keys
 from trainables.data import DATASETS, dataset_info
+from trainables.methods import METHODS
 from trainables.models import list_models
 
 BASE = {
@@ -27,6 +29,15 @@ BASE = {
 
 def _with(**changes) -> dict:
     return spec_with(BASE, **changes)
+
+
+def _pair_config(method_config: dict, **changes) -> dict:
+    """BASE with the first pair's own ``method_config``."""
+    return _with(pairs=[{**BASE["pairs"][0], "method_config": method_config}], **changes)
+
+
+KD_SETTABLE = allowed_keys(METHODS["kd"].defaults) - set(STUDY_MANAGED)
+"""What a ``method_config.kd`` may set: the method's keys but those the study sets itself."""
 
 
 LINES = [
@@ -50,11 +61,24 @@ LINES = [
     (_with(pairs=["x"]), "'pairs[0]' must be a mapping, got str 'x'"),
     (_with(pairs=[{"teacher": "resnet20"}]), "pairs[0] needs 'student' (an architecture)"),
     (_with(pairs=[{"teacher": "resnet20", "student": "resnet8", "x": 1}]),
-     "unknown spec key 'pairs[0].x'; allowed: student, teacher"),
+     "unknown spec key 'pairs[0].x'; allowed: method_config, student, teacher"),
     (_with(pairs=BASE["pairs"] * 2), "'pairs' lists teacher 'resnet20' with student 'resnet8' twice (pairs[1])"),
     (_with(methods=["ce", "ce"]), "'methods' lists a method twice: ['ce', 'ce']"),
     (_with(method_config={"ijckd": {}}), "unknown spec key 'method_config.ijckd'; allowed: ce, kd"),
     (_with(method_config={"kd": 3}), "'method_config.kd' must be a mapping, got int 3"),
+    (_with(method_config={"kd": {"temprature": 2}}), "method 'kd' has no config key 'temprature' "
+     f"(method_config.kd) (did you mean 'temperature'?); allowed: {', '.join(sorted(KD_SETTABLE))}"),
+    (_pair_config({"dkd": {"dkd_beta": 2.0}}), "unknown spec key 'pairs[0].method_config.dkd' (did you mean "
+     "'kd'?); allowed: ce, kd"),
+    (_pair_config({"kd": {"dkd_beta": 2.0}}), "method 'kd' has no config key 'dkd_beta' (pairs[0].method_config.kd)"
+     f"; allowed: {', '.join(sorted(KD_SETTABLE))}"),
+    (_pair_config({"kd": {"teacher": "resnet8"}}),
+     "'pairs[0].method_config.kd.teacher' is set by the study; remove it"),
+    (_pair_config({"kd": 3}), "'pairs[0].method_config.kd' must be a mapping, got int 3"),
+    (_pair_config({"kd": {"temperature": -1.0}}), "method 'kd' on resnet20-resnet8: temperature must be > 0, got -1.0"),
+    (_pair_config({"kd": {"temperature": 2.0}}, grid={"kd": {"kd_weight+temperature": [[1.0, 2.0], [0.5, 4.0]]}}),
+     "'pairs[0].method_config.kd.temperature' is also varied by grid.kd: a key is either fixed per pair or a grid "
+     "key; remove one"),
     (_with(seeds=[0, 0]), "'seeds' lists a seed twice: [0, 0]"),
     (_with(seeds=[-1]), "'seeds[0]' must be >= 0, got -1"),
     (_with(seeds=None), "'seeds' must be a non-empty list of integers, got None"),
@@ -126,3 +150,24 @@ def test_data_checks_read_the_declaration(tmp_path, fake_cifar):
         assert validate(_with(data={"dataset": name, "root": str(tmp_path)}), probe=False).data["data"]["root"] == str(
             Path(tmp_path).absolute()
         )
+
+
+def test_a_pairs_method_config_is_over_the_top_level_for_its_trials_only():
+    """Pair A's own ``dkd_beta`` reaches A's trial config and fixes it in A's search; pair B keeps the top level."""
+    pair_a = {"teacher": "resnet20", "student": "resnet8", "method_config": {"dkd": {"dkd_beta": 2.0}}}
+    pair_b = {"teacher": "resnet20", "student": "resnet14"}
+    spec = validate(_with(methods=["ce", "dkd"], pairs=[pair_a, pair_b], search={"trials": 2},
+                          method_config={"dkd": {"dkd_beta": 6.0, "temperature": 2.0}}), probe=False)
+    a, b = spec.pairs
+    assert spec.pair_config("dkd", a)["dkd_beta"] == 2.0 and spec.pair_config("dkd", b)["dkd_beta"] == 6.0
+    assert spec.pair_config("dkd", a)["temperature"] == spec.pair_config("dkd", b)["temperature"] == 2.0
+    assert spec.method_settings("dkd", pair_b) == {"dkd_beta": 6.0, "temperature": 2.0}
+    assert "dkd_beta" not in spec.pair_config("ce", a)
+    # a pair level alone: it fixes the knob for that pair's search only, and the resolved pair keeps it
+    alone = validate(_with(methods=["dkd"], pairs=[pair_a, pair_b], search={"trials": 2}), probe=False)
+    knobs = {label: set(alone.method_space("dkd", p).active_knobs()) for label, p in zip("ab", alone.pairs)}
+    assert "dkd_beta" not in knobs["a"] and "dkd_beta" in knobs["b"]
+    assert alone.method_space("dkd", pair_a).base["dkd_beta"] == 2.0
+    assert alone.method_space("dkd", pair_b).default_point()["dkd_beta"] == 8.0  # the declared default
+    assert alone.data["pairs"] == [pair_a, pair_b]  # no empty method_config written for b
+    assert validate(yaml.safe_load(alone.dump()), probe=False).dump() == alone.dump()

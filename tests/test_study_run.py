@@ -16,6 +16,7 @@ import optuna
 import pytest
 from ray.tune import Callback
 
+from analysis.load import load_study
 from study import ray_compat
 from study.__main__ import main
 from study.layout import experiment_trials, load_manifest, read_results, save_manifest
@@ -109,14 +110,19 @@ def test_status_reads_the_study_dir_without_ray(search_study, capsys):
 
 
 def test_grid_study_with_a_teacher_trained_first(ray_session, tmp_path, capsys):
+    """Also per-pair settings: resnet8-resnet14's own DKD beta over the study-wide one, and resnet8-resnet8's own
+    KD weight beside the temperature grid (the other pair trains on KD's default weight)."""
+    pairs = [{"teacher": "resnet8", "student": "resnet8", "method_config": {"kd": {"kd_weight": 0.5}}},
+             {"teacher": "resnet8", "student": "resnet14", "method_config": {"dkd": {"dkd_beta": 2.0}}}]
     spec = validate(
         {
             "name": "grid",
             "storage_path": str(tmp_path),
             "teacher": {"train": True, "epochs": 1},
-            "pairs": [{"teacher": "resnet8", "student": "resnet8"}, {"teacher": "resnet8", "student": "resnet14"}],
-            "methods": ["kd"],
+            "pairs": pairs,
+            "methods": ["kd", "dkd"],
             "config": {"epochs": 1, "batch_size": 64, "train_subset": 256},
+            "method_config": {"dkd": {"dkd_beta": 6.0}},
             "grid": {"kd": {"temperature": [2.0, 4.0]}},
             "seeds": [0],
             "resources": {"cpu": 1},
@@ -124,19 +130,32 @@ def test_grid_study_with_a_teacher_trained_first(ray_session, tmp_path, capsys):
     )
     study_dir = run_study(spec, verbose=0, report=False)
     manifest = load_manifest(study_dir)
-    assert [(s["name"], s["status"]) for s in manifest["stages"]] == [("teachers", "done"), ("grid-kd", "done")]
+    assert [(s["name"], s["status"]) for s in manifest["stages"]] == [("teachers", "done"), ("grid-kd", "done"),
+                                                                       ("grid-dkd", "done")]
     teacher = manifest["teachers"]["resnet8"]
     assert Path(teacher["checkpoint"]).is_file() and teacher["checkpoint"].startswith(str(study_dir))
     trials = experiment_trials(study_dir / "grid-kd")
     assert len(trials) == 4 and all(t["status"] == "TERMINATED" for t in trials)
     params = [json.loads((t["dir"] / "params.json").read_text()) for t in trials]
-    combos = {(p["pair"], p["temperature"]) for p in params}
-    assert combos == {(pair, temp) for pair in ("resnet8-resnet8", "resnet8-resnet14") for temp in (2.0, 4.0)}
+    combos = {(p["pair"], p["temperature"], p["kd_weight"]) for p in params}
+    assert combos == {(pair, temp, weight) for pair, weight in (("resnet8-resnet8", 0.5), ("resnet8-resnet14", 0.9))
+                      for temp in (2.0, 4.0)}
     for p in params:
         assert p["pair"] == f"{p['teacher']}-{p['student']}"
         assert p["teacher_checkpoint"] == teacher["checkpoint"]
+    dkd = {r["params"]["pair"]: r for r in trial_rows(study_dir, stages=["grid-dkd"])}
+    assert {pair: r["params"]["dkd_beta"] for pair, r in dkd.items()} == {"resnet8-resnet8": 6.0,
+                                                                         "resnet8-resnet14": 2.0}
+    assert all(r["state"] == "TERMINATED" for r in dkd.values())
     out = capsys.readouterr().out
-    assert "grid-kd [pair=resnet8-resnet14, temperature=4]" in out
+    assert "grid-kd [pair=resnet8-resnet14, kd_weight=0.9, temperature=4]" in out
+    assert "grid-dkd [pair=resnet8-resnet14, dkd_beta=2]" in out
+    # the report's cells: one method on one pair each, with that pair's own configuration
+    from analysis.tables import best_per_method
+
+    frame = best_per_method(load_study(study_dir)).frame.set_index(["method", "pair"])
+    chosen = {pair: json.loads(cfg)["dkd_beta"] for (m, pair), cfg in frame["selected_config"].items() if m == "dkd"}
+    assert sorted(chosen.values()) == [2.0, 6.0] and frame.loc["dkd"]["configs compared"].tolist() == [1, 1]
 
 
 def test_state_files_cut_by_a_crash_come_back_from_the_backup(search_study, tmp_path):

@@ -147,6 +147,8 @@ def test_set_overrides_and_defaults(tmp_path):
     assert spec.data["storage_path"].startswith("/")
     with pytest.raises(SpecError, match="not an index"):
         apply_sets(BASE, ["pairs.3.student=resnet8"])
+    one_pair = validate(apply_sets(BASE, ["pairs.0.method_config.kd.temperature=2"]), probe=False)
+    assert one_pair.pair_config("kd", one_pair.pairs[0])["temperature"] == 2
 
 
 def test_full_training_set_grid_and_fixed_configs_validate():
@@ -229,14 +231,18 @@ def test_table4_preset_has_the_papers_imagenet_recipe(tmp_path):
     spec = load_spec(REPO / "study" / "presets" / "table4_imagenet.yaml", [f"data.root={root}"])
     data = spec.data
     assert data["data"]["dataset"] == "imagenet"
-    assert data["pairs"] == [{"teacher": "resnet34", "student": "resnet18"},
-                             {"teacher": "resnet50", "student": "mobilenetv1"}]
+    assert [(p["teacher"], p["student"]) for p in data["pairs"]] == [("resnet34", "resnet18"),
+                                                                     ("resnet50", "mobilenetv1")]
     assert {k: data["config"][k] for k in ("batch_size", "lr", "weight_decay", "epochs", "lr_milestones")} == {
         "batch_size": 512, "lr": 0.2, "weight_decay": 1e-4, "epochs": 120, "lr_milestones": [30, 60, 90]}
     assert [METHODS[m].label for m in data["methods"]] == ["student", "KD", "AT", "CRD", "WSLD", "DKD", "SRRL",
                                                            "IJCKD"]  # the paper's Table-4 rows
     assert data["method_config"]["ijckd"] == {"loss_combination": "sr+fm", "connector_depth": 3}
     assert data["method_config"]["wsld"] == {"temperature": 2.0, "wsld_alpha": 2.5}  # the authors' ImageNet code
+    # mdistiller's ImageNet DKD files: T 1, warm-up 1, beta 0.5 (r34 -> r18) and 2 (r50 -> mv1)
+    imagenet_dkd = {"temperature": 1.0, "warmup_epochs": 1}
+    assert [spec.method_settings("dkd", p) for p in spec.pairs] == [{**imagenet_dkd, "dkd_beta": 0.5},
+                                                                    {**imagenet_dkd, "dkd_beta": 2.0}]
 
 
 def test_table1_preset_covers_the_papers_twelve_rows_on_its_eight_pairs(tmp_path, fake_cifar):
@@ -255,3 +261,12 @@ def test_table1_preset_covers_the_papers_twelve_rows_on_its_eight_pairs(tmp_path
         load_spec(REPO / "study" / "presets" / "table1_cifar100.yaml",
                   [f"data.root={root}", "methods=[ofd]", "method_config={}",
                    "pairs=[{teacher: ShuffleV1, student: resnet20}]"])
+    # DKD's beta per pair: mdistiller's configs/cifar100/dkd/ files (resnet110 -> resnet20 has none: 2, as both
+    # its nearest pairs), the declared default 8 elsewhere
+    betas = {(p["teacher"], p["student"]): spec.pair_config("dkd", p).get("dkd_beta", METHODS["dkd"].defaults[
+        "dkd_beta"]) for p in spec.pairs}
+    assert betas == {("wrn_40_2", "wrn_40_1"): 6.0, ("resnet56", "resnet20"): 2.0, ("resnet110", "resnet20"): 2.0,
+                     ("resnet110", "resnet32"): 2.0, ("resnet32x4", "resnet8x4"): 8.0, ("resnet32x4", "ShuffleV1"): 8.0,
+                     ("resnet32x4", "ShuffleV2"): 8.0, ("wrn_40_2", "ShuffleV1"): 8.0}
+    assert all(set(spec.method_settings(m, p)) <= {"connector_depth"} for m in spec.methods if m != "dkd"
+               for p in spec.pairs)  # no other method's settings differ per pair

@@ -15,9 +15,11 @@ class DKD(Method):
     """``ce_weight * CE + w(e) * (alpha * TCKD + beta * NCKD)``, w(e) = min((e + 1) / warmup, 1).
 
     Defaults follow mdistiller's CIFAR-100 configuration (``CFG.DKD``: CE 1, alpha 1, beta 8, T 4, 20 warm-up
-    epochs); epochs are counted from 1 in the warm-up factor, as there. mdistiller's per-pair files change
-    beta only: 2 for resnet56->resnet20 and resnet110->resnet32, 6 for the wrn_40_2 and vgg13 students, 8
-    (the default) for the resnet32x4 pairs and wrn_40_2->ShuffleV1; set ``dkd_beta`` per pair to match them.
+    epochs); epochs are counted from 1 in the warm-up factor, as there. mdistiller's per-pair files
+    (``configs/cifar100/dkd/``) change beta only: 2 for resnet56->resnet20 and resnet110->resnet32, 6 for
+    the wrn_40_2 teacher with a WRN student (wrn_40_1, wrn_16_2) and for the vgg13 teacher, 8 (the default)
+    for the resnet32x4 pairs, wrn_40_2->ShuffleV1 and ResNet50->MobileNetV2. ``study/presets/
+    table1_cifar100.yaml`` sets them per pair (``pairs[i].method_config``), 2 for resnet110->resnet20.
     """
 
     name, label, order = "dkd", "DKD", 100
