@@ -1,10 +1,11 @@
-"""Shared fixtures: a real teacher trained once per test session on the embedded digits, and Ray.
+"""Shared fixtures: a real teacher trained once per test run on the embedded digits, and Ray.
 
 Everything here is real: real torch training, a real local Ray runtime with 2 CPUs.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,27 +14,36 @@ TEACHER_ARCH = "resnet20"
 TEACHER_EPOCHS = 5
 
 
+def _trained_once(tmp_path_factory: pytest.TempPathFactory, name: str, cfg: dict) -> tuple[Path, dict]:
+    """Train ``cfg`` once per test run, shared by every pytest-xdist worker: the first trains under a file
+    lock in the run's common temp folder, the others wait for it and read its metrics. Returns (workdir, metrics).
+    """
+    import json
+
+    from filelock import FileLock
+
+    from trainables.loop import train
+
+    base = tmp_path_factory.getbasetemp()
+    common = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: one folder per worker
+    workdir, done = common / name, common / f"{name}.metrics.json"
+    with FileLock(str(common / f"{name}.lock")):
+        if not done.exists():
+            metrics = train(cfg, workdir=workdir)
+            done.write_text(json.dumps(metrics, default=float))
+    return workdir, json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def digits_teacher(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A resnet20 teacher trained for a few epochs on digits, with its full checkpoint trajectory.
 
     Returns ``{"arch", "checkpoint", "trajectory_dir", "metrics"}``.
     """
-    from trainables.loop import train
-
-    workdir = tmp_path_factory.mktemp("digits_teacher")
-    metrics = train(
-        {
-            "method": "teacher",
-            "teacher": TEACHER_ARCH,
-            "dataset": "digits",
-            "epochs": TEACHER_EPOCHS,
-            "batch_size": 32,
-            "seed": 0,
-        },
-        workdir=workdir,
-    )
-    trajectory = Path(workdir) / "trajectory"
+    cfg = {"method": "teacher", "teacher": TEACHER_ARCH, "dataset": "digits", "epochs": TEACHER_EPOCHS,
+           "batch_size": 32, "seed": 0}
+    workdir, metrics = _trained_once(tmp_path_factory, "digits_teacher", cfg)
+    trajectory = workdir / "trajectory"
     return {
         "arch": TEACHER_ARCH,
         "checkpoint": str(trajectory / "final.pt"),
@@ -50,13 +60,10 @@ def wide_digits_teacher(tmp_path_factory: pytest.TempPathFactory) -> dict:
     Cheap on purpose (one epoch on 384 images): its accuracy is not what these tests check.
     Returns ``{"arch", "checkpoint", "metrics"}``.
     """
-    from trainables.loop import train
-
-    workdir = tmp_path_factory.mktemp("wide_digits_teacher")
     cfg = {"method": "teacher", "teacher": "wrn_16_2", "dataset": "digits", "epochs": 1, "batch_size": 32,
            "train_subset": 384, "seed": 0}
-    metrics = train(cfg, workdir=workdir)
-    return {"arch": "wrn_16_2", "checkpoint": str(Path(workdir) / "trajectory" / "final.pt"), "metrics": metrics}
+    workdir, metrics = _trained_once(tmp_path_factory, "wide_digits_teacher", cfg)
+    return {"arch": "wrn_16_2", "checkpoint": str(workdir / "trajectory" / "final.pt"), "metrics": metrics}
 
 
 @pytest.fixture
