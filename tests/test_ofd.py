@@ -20,7 +20,7 @@ from trainables.config import allowed_keys, resolve_config
 from trainables.errors import ConfigError
 from trainables.loop import build_trial, train
 from trainables.methods import METHODS
-from trainables.methods.ofd import bn_margin, ofd_distance
+from trainables.methods.ofd import batch_statistics, bn_margin, ofd_distance
 from trainables.models import create, models_with
 
 
@@ -111,6 +111,52 @@ def test_a_training_preact_pass_updates_each_bn_once(name):
     model = create(name, num_classes=10).train()
     model.forward_preact_stages(torch.randn(2, 3, 32, 32))
     assert {int(bn.num_batches_tracked) for bn in model.modules() if isinstance(bn, nn.BatchNorm2d)} == {1}
+
+
+def test_batch_statistics_normalise_per_batch_and_leave_the_running_ones_alone():
+    """mdistiller's OFD runs its teacher in training mode: BN by the batch's mean and (biased) variance."""
+    bn = nn.BatchNorm2d(2).eval()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([5.0, -5.0]))
+        bn.running_var.copy_(torch.tensor([4.0, 9.0]))
+    x = torch.tensor([[[[1.0, 3.0]], [[2.0, 2.0]]], [[[5.0, 7.0]], [[2.0, 6.0]]]])  # (2, 2, 1, 2)
+    # channel 0 values 1 3 5 7: mean 4, biased var 5; channel 1 values 2 2 2 6: mean 3, biased var 3
+    expected = torch.stack([(x[:, 0] - 4.0) / math.sqrt(5.0 + bn.eps), (x[:, 1] - 3.0) / math.sqrt(3.0 + bn.eps)], 1)
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    with torch.inference_mode(), batch_statistics(nn.Sequential(bn)):
+        out = bn(x)
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert not bn.training and bn.track_running_stats  # restored
+    assert all(torch.equal(v, before[k]) for k, v in bn.state_dict().items())  # running stats untouched
+    assert torch.allclose(bn(x)[:, 0], (x[:, 0] - 5.0) / math.sqrt(4.0 + bn.eps), atol=1e-6)  # eval: running
+
+
+@pytest.mark.parametrize("mode", ["batch", "running"])
+def test_ofd_teacher_maps_follow_the_chosen_bn_statistics(student_cfg, tmp_path, mode):
+    cfg = {**student_cfg, "method": "ofd", "ofd_teacher_bn": mode, "epochs": 1, "train_subset": 32}
+    trial = build_trial(cfg, workdir=tmp_path)
+    method, teacher = trial.method.train(), trial.teacher.model
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    batch = next(iter(method.train_batches(trial.data.train, trial.cfg, 0)))
+    seen, plain = [], teacher.forward_preact_stages
+
+    def recorded(x):
+        out = plain(x)
+        seen.append([t.clone() for t in out.preact])
+        return out
+
+    teacher.forward_preact_stages = recorded
+    trial.teacher.on_epoch_start(0)
+    method.on_epoch_start(0)
+    method.training_step(batch, 0)
+    del teacher.forward_preact_stages
+    assert not teacher.training and all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    reference = create(cfg["teacher"], num_classes=10)
+    reference.load_state_dict(before)
+    reference.train(mode == "batch")  # a plain copy in training mode normalises per batch
+    with torch.no_grad():
+        expected = reference.forward_preact_stages(batch.x).preact
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(seen[0], expected))
 
 
 def test_ofd_refuses_a_family_without_preact_stages(student_cfg, tmp_path):

@@ -16,12 +16,20 @@ Pre-activation maps come from ``ZooModel.forward_preact_stages`` (student and te
 the teacher's ``bn_before_relu``; a student without the first (``supports_preact``) or a teacher without
 both (``supports_bn_before_relu`` too: ShuffleNets are students only, as in mdistiller) is refused with the
 registered models that have them. Where each family takes its maps is in its module docstring.
+
+The teacher's BatchNorms use the batch's statistics (``ofd_teacher_bn: batch``, the default): mdistiller's
+``OFD.train`` puts every child module, the teacher included, in training mode, so the teacher's maps (and
+with them the loss) are normalised per batch, not by the running statistics. Here its running statistics are
+not updated by those passes (``track_running_stats`` off for the call): nothing the loss sees depends on
+them, the teacher's file stays what was given, and resume stays exact. ``ofd_teacher_bn: running`` keeps the
+teacher in eval mode, as every other method here does.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -57,6 +65,23 @@ def ofd_distance(source: torch.Tensor, target: torch.Tensor, margin: torch.Tenso
     return loss.mean(dim=0).sum()
 
 
+@contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """The model's BatchNorms normalise by the batch's statistics without updating their running ones."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.track_running_stats) for m in norms]
+    for m in norms:
+        m.training, m.track_running_stats = True, False
+    try:
+        yield
+    finally:
+        for m, (training, track) in zip(norms, saved):
+            m.training, m.track_running_stats = training, track
+
+
+TEACHER_BN = ("batch", "running")
+
+
 def connector(s_channels: int, t_channels: int) -> nn.Sequential:
     conv = nn.Conv2d(s_channels, t_channels, 1, bias=False)
     nn.init.normal_(conv.weight, 0, math.sqrt(2.0 / t_channels))
@@ -78,6 +103,8 @@ class OFD(Method):
         Param("feat_weight", float, 0.001, ge=0, search=Float(1e-4, 1e-2, log=True),
               doc="weight of the distillation term"),
         Param("ce_weight", float, 1.0, ge=0, doc="weight of the cross-entropy"),
+        Param("ofd_teacher_bn", str, "batch", choices=TEACHER_BN,
+              doc="teacher BN statistics: batch (mdistiller's teacher in train mode) or running (eval mode)"),
     )
 
     def __init__(self, student: nn.Module, teacher: Any, cfg: Mapping[str, Any], ctx: MethodContext) -> None:
@@ -100,7 +127,9 @@ class OFD(Method):
     def training_step(self, batch: Batch, epoch: int) -> StepResult:
         out = self.student.forward_preact_stages(batch.x)
         logits = self.student.forward_head(out.stages[-1])
-        t_pre = self.teacher.outputs(batch, want="preact").preact[1:][-self.n:]
+        norms = batch_statistics(self.teacher.model) if self.cfg["ofd_teacher_bn"] == "batch" else nullcontext()
+        with norms:
+            t_pre = self.teacher.outputs(batch, want="preact").preact[1:][-self.n:]
         distill = 0.0
         for i, (s, t) in enumerate(zip(out.preact[1:][-self.n:], t_pre)):
             s = self.connectors[i](s)
