@@ -59,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not methods:
-        raise SystemExit("--methods takes a comma-separated list of methods")
+    if not methods or len(set(methods)) != len(methods):
+        raise SystemExit(f"--methods takes a comma-separated list of distinct methods; got '{args.methods}'")
     for m in methods:
         get_method(m)  # an unknown name fails here with the registered ones, before anything trains
     if args.threads:

@@ -46,3 +46,14 @@ def test_study_help_lists_bench(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "bench" in capsys.readouterr().out
+
+
+def test_study_benchmark_compares_the_trials_both_runs_asked_for():
+    from benchmarks.study_order import compare_trials
+
+    a = {("search-kd", "lr 0.1"): [[1, 0.5]], ("search-kd", "lr 0.2"): [[1, 0.4]]}
+    same_plus_other = {("search-kd", "lr 0.1"): [[1, 0.5]], ("search-kd", "lr 0.3"): [[1, 0.6]]}
+    assert compare_trials(a, same_plus_other) == {"identical_metrics": True, "trials_compared": 1,
+                                                  "trials_in_one_run_only": 2}
+    assert not compare_trials(a, {("search-kd", "lr 0.1"): [[1, 0.51]]})["identical_metrics"]
+    assert not compare_trials(a, {("search-kd", "lr 0.9"): [[1, 0.5]]})["identical_metrics"]  # nothing to compare
