@@ -153,11 +153,15 @@ def _wanted(entry: dict[str, Any], kinds: tuple[str, ...] | None, retry_errored:
     return entry.get("status") not in DONE or bool(retry_errored and entry.get("errored"))
 
 
+def _sibling(manifest: dict[str, Any], stage: Any, kind: str) -> dict[str, Any] | None:
+    """The ``study.json`` entry of the ``kind`` stage (search or final) of ``stage``'s method and pair."""
+    return next((s for s in manifest["stages"] if s["kind"] == kind and s["method"] == stage.method
+                 and s.get("pair") == stage.pair), None)
+
+
 def _searched_best(manifest: dict[str, Any], stage: Any) -> dict[str, Any] | None:
     """The best config of the search stage a final stage re-runs."""
-    search = next(s for s in manifest["stages"] if s["kind"] == "search" and s["method"] == stage.method
-                  and s.get("pair") == stage.pair)
-    return search.get("best")
+    return _sibling(manifest, stage, "search").get("best")
 
 
 def _check_teachers(spec: Spec, stage: Any, manifest: dict[str, Any], study_dir: Path) -> None:
@@ -253,8 +257,7 @@ def _supersede_final(search: Any, best: str, earlier: str | None, manifest: dict
     """A re-run search (``--retry-errored``) found a new best: its finished final stage ran the old one, so it
     runs again on the new best (a final skipped for want of a finished search trial runs now); its old trials
     are kept aside (hidden, never deleted) rather than reported."""
-    entry = next((s for s in manifest["stages"] if s["kind"] == "final" and s["method"] == search.method
-                  and s.get("pair") == search.pair), None)
+    entry = _sibling(manifest, search, "final")
     if entry is None or entry.get("status") not in DONE:
         return
     exp_dir = study_dir / entry["name"]
@@ -303,8 +306,7 @@ def _start_stage(spec: Spec, stage: Any, entry: dict[str, Any], manifest: dict[s
 
 def _reusable(manifest: dict[str, Any], stage: Any, spec: Spec) -> dict[str, str] | None:
     """The search trial a final stage reuses for ``seeds[0]``: its best trial, when it ran every epoch."""
-    search = next(s for s in manifest["stages"] if s["kind"] == "search" and s["method"] == stage.method
-                  and s.get("pair") == stage.pair)
+    search = _sibling(manifest, stage, "search")
     if not search.get("best_complete") or search.get("best", {}).get("seed") != spec.data["seeds"][0]:
         return None
     return {"stage": search["name"], "trial": search["best_trial"]}
@@ -411,9 +413,10 @@ def _rerun_finals(stage: Any, manifest: dict[str, Any], run: _Run) -> list[str]:
     """The final stage a finished search put back to pending (a new best, see ``_supersede_final``)."""
     if stage.kind != "search" or (run.kinds is not None and "final" not in run.kinds):
         return []
-    return [s["name"] for s in manifest["stages"] if s["kind"] == "final" and s["method"] == stage.method
-            and s.get("pair") == stage.pair and s["status"] == "pending"
-            and s["name"] not in run.waiting and s["name"] not in run.running]
+    final = _sibling(manifest, stage, "final")
+    if final is None or final["status"] != "pending" or final["name"] in run.waiting or final["name"] in run.running:
+        return []
+    return [final["name"]]
 
 
 def _release_teachers(spec: Spec, study_dir: Path, manifest: dict[str, Any], run: _Run) -> None:
