@@ -205,6 +205,7 @@ class PlatformRunner(Runner):
     loop = "platform"
 
     def __init__(self, settings: Settings, teacher_file: Path) -> None:
+        from trainables.compile import compile_step
         from trainables.loop import build_trial, train_one_epoch
 
         self._tmp = tempfile.TemporaryDirectory(prefix="kd-bench-")
@@ -213,7 +214,7 @@ class PlatformRunner(Runner):
         self._epoch = 0
         trial = self.trial
         if settings.compile_mode:  # an experiment (README "Performance"): the trials compile in default mode
-            trial.step_fn = torch.compile(trial.method.training_step, mode=settings.compile_mode)
+            trial.step_fn = compile_step(trial.method.training_step, mode=settings.compile_mode)
         self.details = {
             "device": str(trial.device),
             "amp": str(trial.amp_dtype).replace("torch.", "") if trial.amp_dtype else "off",

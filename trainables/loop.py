@@ -23,6 +23,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import models
+from .compile import compile_step
 from .config import resolve_config
 from .data import DataBundle, Split, build_data
 from .device import autocast_dtype, cap_gpu_memory, configure_backends, resolve_device, use_channels_last
@@ -134,7 +135,7 @@ def build_trial(config: Mapping[str, Any], workdir: Path | None = None) -> Trial
     )
     step_fn = method.training_step
     if cfg.get("compile"):
-        step_fn = torch.compile(method.training_step)
+        step_fn = compile_step(method.training_step)
     diagnostics = EpochDiagnostics(cfg, method, data, data.num_classes, amp_dtype)
     return Trial(cfg, data, method, teacher, optimizer, scheduler, device, amp_dtype, step_fn, diagnostics)
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..compile import eager
 from ..data import DATA_KEYS, LoaderSplit, Split, TensorSplit, training_batches
 from ..errors import TeacherBudgetExceeded
 from .budget import label_once
@@ -117,7 +118,7 @@ class TeacherSource:
             return self._through_stream(batch, want)
         return self(batch.x)
 
-    @torch.compiler.disable
+    @eager
     def _through_stream(self, batch: Batch, want: str) -> TeacherOutput:
         """Logits from the stream where it has them; live passes are recorded for the other trials."""
         if want == "logits":
@@ -146,7 +147,7 @@ class TeacherSource:
         self._computed(int(x.shape[0]))
         return self.network.forward(x)
 
-    @torch.compiler.disable
+    @eager
     def _computed(self, n: int) -> None:
         self.computed += n
 
@@ -167,7 +168,7 @@ class TeacherSource:
         return self.network.model
 
     # -- counting ------------------------------------------------------------------------------------------
-    @torch.compiler.disable
+    @eager
     def count(self, n: int) -> None:
         """Add ``n`` images to the call count; exceeding a budget is an error, never silent.
 
