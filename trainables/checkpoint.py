@@ -12,17 +12,24 @@ with ``torch.load(weights_only=True)``. A checkpoint written before this (it nee
 is refused with one line naming ``convert_checkpoints`` (``python -m trainables convert-checkpoint DIR``).
 
 Writes are atomic (a temporary name, then a rename): a crash or a full disk mid-write leaves the old file
-whole; ``damage`` tells a complete checkpoint from a cut one without unpickling it.
+whole; ``damage`` tells a complete checkpoint from a cut one without unpickling it. A checkpoint is written
+in a ``staging_dir`` first, which Tune copies to the trial's storage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
+import os
 import pickle
 import random
 import re
+import shutil
+import tempfile
+import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,9 @@ from .errors import CheckpointError, CheckpointWriteError, UnsafeCheckpointError
 
 STATE_FILE = "state.pt"
 CONVERT_COMMAND = "python -m trainables convert-checkpoint"
+STAGING_PREFIX = "kd-ckpt-"
+_STAGING_NAME = re.compile(rf"{STAGING_PREFIX}(\d+)-")
+_swept = False
 
 
 def rng_state() -> dict[str, Any]:
@@ -90,6 +100,49 @@ def save_state(directory: Path, state: dict[str, Any]) -> Path:
             ) from err
         raise
     return path
+
+
+@contextlib.contextmanager
+def staging_dir() -> Iterator[Path]:
+    """A temporary folder for one checkpoint, removed once Tune has copied it to the trial's storage.
+
+    Why not a bare ``TemporaryDirectory``: a worker killed while Tune copies (a kill -9, a lost node, a
+    trial stopped mid-report) never cleans up, and each folder left holds a whole ``state.pt``. So the name
+    carries the writer's pid, and the first checkpoint of every process removes the folders of processes
+    that no longer run (and those of the unnamed kind, from before this, once a day old).
+    """
+    global _swept
+    root = Path(tempfile.gettempdir())
+    if not _swept:
+        remove_stale_staging(root)
+        _swept = True
+    with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=root) as tmp:
+        yield Path(tmp)
+
+
+def remove_stale_staging(root: Path) -> list[Path]:
+    """Remove the staging folders under ``root`` whose process is gone; returns the ones removed."""
+    removed = []
+    for folder in root.glob(f"{STAGING_PREFIX}*"):
+        named = _STAGING_NAME.match(folder.name)
+        try:
+            stale = not _running(int(named.group(1))) if named else folder.stat().st_mtime < time.time() - 86400
+        except OSError:
+            continue
+        if stale and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)  # another user's folder stays: not ours to remove
+            removed.append(folder)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _state_path(directory: str | Path) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -295,6 +294,6 @@ def _report(trial: Trial, reporter: Reporter | None, metrics: dict[str, Any], ep
     if not (last or epochs_done % every == 0):
         reporter(metrics, None)
         return
-    with tempfile.TemporaryDirectory(prefix="kd-ckpt-") as tmp:
-        ckpt.save_state(Path(tmp), _trial_state(trial, epochs_done))
-        reporter(metrics, Path(tmp))
+    with ckpt.staging_dir() as tmp:
+        ckpt.save_state(tmp, _trial_state(trial, epochs_done))
+        reporter(metrics, tmp)
