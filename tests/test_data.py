@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from trainables import data as data_module
 from trainables.data import DATASETS, apply_crop_flip, build_data, dataset_info, list_datasets, split_indices
 from trainables.errors import ConfigError, DataRootError
 
@@ -22,6 +23,19 @@ def test_digits_shapes_and_sizes():
     assert abs(len(data.test) - 360) <= 5  # 20 %, stratified per class
     assert abs(len(data.val) - 144) <= 5  # 10 % of the training images, stratified
     assert data.train.images.dtype == torch.uint8
+
+
+def test_digits_read_from_the_bundled_file_equal_scikit_learns_loader(monkeypatch):
+    """The file read that spares each trial the scikit-learn import returns load_digits' arrays exactly,
+    and without the file (a different scikit-learn layout) load_digits itself is used."""
+    from sklearn.datasets import load_digits
+
+    reference = load_digits()
+    pixels, target = data_module.bundled_digits()
+    assert np.array_equal(pixels, reference.images) and np.array_equal(target, reference.target)
+    monkeypatch.setattr(data_module.importlib.util, "find_spec", lambda name: None)
+    fallback_pixels, fallback_target = data_module.bundled_digits()
+    assert np.array_equal(fallback_pixels, reference.images) and np.array_equal(fallback_target, reference.target)
 
 
 def test_splits_are_disjoint_and_cover_the_training_set():
