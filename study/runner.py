@@ -57,6 +57,14 @@ def load_study_spec(study_dir: Path) -> Spec:
 
 
 # -- Ray ------------------------------------------------------------------------------------------------------
+# Ray's GCS retries a pending placement group with a backoff growing to 1 s, while a new one is tried at
+# once: with concurrent stages, the stage that has waited longest (ce, pending since the teacher started)
+# lost every freed slot to a stage launched a moment later and ran last. A 100 ms ceiling lets its retry
+# come first after a slot frees (usually: it is a race, not a queue). Only for a Ray this driver starts; a
+# cluster keeps its own settings.
+LOCAL_RAY_CONFIG = {"gcs_create_placement_group_retry_max_interval_ms": 100}
+
+
 def connect_ray(address: str | None, num_cpus: int | None) -> bool:
     """Start or join Ray; returns True when this call started it (and so should shut it down).
 
@@ -76,7 +84,7 @@ def connect_ray(address: str | None, num_cpus: int | None) -> bool:
         modules = [str(Path(study.__file__).parent), str(Path(trainables.__file__).parent)]
         ray.init(address=address, runtime_env={"py_modules": modules}, **common)
     else:
-        ray.init(num_cpus=num_cpus, **common)
+        ray.init(num_cpus=num_cpus, _system_config=LOCAL_RAY_CONFIG, **common)
     return True
 
 
