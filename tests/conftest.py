@@ -82,10 +82,13 @@ def student_cfg(digits_teacher: dict) -> dict:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray runtime (2 CPUs) for every test that needs Ray."""
+    """One local Ray runtime (2 CPUs) for every test that needs Ray, configured as a study's own local Ray."""
     ray = pytest.importorskip("ray")
+    from study.runner import LOCAL_RAY_CONFIG
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 _system_config=LOCAL_RAY_CONFIG)
     yield ray
     ray.shutdown()
 
