@@ -169,18 +169,22 @@ def test_staging_folders_of_dead_processes_are_removed_and_live_ones_kept(tmp_pa
     checkpoint removes it, and never the folder of a process that still runs."""
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)  # that process has exited: nothing runs under its pid (unless reused)
-    left = tmp_path / f"{ckpt.STAGING_PREFIX}{dead_pid}-abc"
-    live = tmp_path / f"{ckpt.STAGING_PREFIX}{os.getpid()}-def"
+    host = ckpt._host()
+    left = tmp_path / f"{ckpt.STAGING_PREFIX}{host}-{dead_pid}-abc"
+    live = tmp_path / f"{ckpt.STAGING_PREFIX}{host}-{os.getpid()}-def"
+    elsewhere = tmp_path / f"{ckpt.STAGING_PREFIX}other-node-7-{dead_pid}-ghi"  # a TMPDIR shared with another host
     old_unnamed, new_unnamed = tmp_path / f"{ckpt.STAGING_PREFIX}oldname", tmp_path / f"{ckpt.STAGING_PREFIX}newname"
-    for folder in (left, live, old_unnamed, new_unnamed):
+    for folder in (left, live, elsewhere, old_unnamed, new_unnamed):
         folder.mkdir()
         (folder / ckpt.STATE_FILE).write_bytes(b"x" * 1024)
     os.utime(old_unnamed, (0, 0))
     monkeypatch.setattr(ckpt.tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(ckpt, "_swept", False)
     with ckpt.staging_dir() as staging:
-        assert staging.parent == tmp_path and staging.name.startswith(f"{ckpt.STAGING_PREFIX}{os.getpid()}-")
+        assert staging.parent == tmp_path and staging.name.startswith(f"{ckpt.STAGING_PREFIX}{host}-{os.getpid()}-")
+        named = ckpt._STAGING_NAME.fullmatch(staging.name)  # the sweep reads back what it writes
+        assert named and named["host"] == host and named["pid"] == str(os.getpid())
         ckpt.save_state(staging, {"epoch": 1})
     assert not staging.exists(), "the staging folder outlived its checkpoint"
     assert not left.exists() and not old_unnamed.exists()
-    assert live.is_dir() and new_unnamed.is_dir()
+    assert live.is_dir() and elsewhere.is_dir() and new_unnamed.is_dir()

@@ -26,6 +26,7 @@ import pickle
 import random
 import re
 import shutil
+import socket
 import tempfile
 import time
 import zipfile
@@ -41,7 +42,7 @@ from .errors import CheckpointError, CheckpointWriteError, UnsafeCheckpointError
 STATE_FILE = "state.pt"
 CONVERT_COMMAND = "python -m trainables convert-checkpoint"
 STAGING_PREFIX = "kd-ckpt-"
-_STAGING_NAME = re.compile(rf"{STAGING_PREFIX}(\d+)-")
+_STAGING_NAME = re.compile(rf"{STAGING_PREFIX}(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+")
 _swept = False
 
 
@@ -108,31 +109,38 @@ def staging_dir() -> Iterator[Path]:
 
     Why not a bare ``TemporaryDirectory``: a worker killed while Tune copies (a kill -9, a lost node, a
     trial stopped mid-report) never cleans up, and each folder left holds a whole ``state.pt``. So the name
-    carries the writer's pid, and the first checkpoint of every process removes the folders of processes
-    that no longer run (and those of the unnamed kind, from before this, once a day old).
+    carries the writer's host and pid, and the first checkpoint of every process removes the folders of
+    this host's processes that no longer run (and those of the unnamed kind, from before this, once a day
+    old); a folder of another host (a temporary folder shared between nodes) is left to that host.
     """
     global _swept
     root = Path(tempfile.gettempdir())
     if not _swept:
         remove_stale_staging(root)
         _swept = True
-    with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=root) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{_host()}-{os.getpid()}-", dir=root) as tmp:
         yield Path(tmp)
 
 
 def remove_stale_staging(root: Path) -> list[Path]:
-    """Remove the staging folders under ``root`` whose process is gone; returns the ones removed."""
+    """Remove the staging folders under ``root`` whose process on this host is gone; returns the ones removed."""
     removed = []
     for folder in root.glob(f"{STAGING_PREFIX}*"):
-        named = _STAGING_NAME.match(folder.name)
+        named = _STAGING_NAME.fullmatch(folder.name)
+        if named and named["host"] != _host():
+            continue
         try:
-            stale = not _running(int(named.group(1))) if named else folder.stat().st_mtime < time.time() - 86400
+            stale = not _running(int(named["pid"])) if named else folder.stat().st_mtime < time.time() - 86400
         except OSError:
             continue
         if stale and folder.is_dir():
             shutil.rmtree(folder, ignore_errors=True)  # another user's folder stays: not ours to remove
             removed.append(folder)
     return removed
+
+
+def _host() -> str:
+    return socket.gethostname().replace(os.sep, "_") or "host"
 
 
 def _running(pid: int) -> bool:
