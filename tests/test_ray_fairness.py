@@ -5,7 +5,7 @@ default, so a stage launched just after a slot frees used to beat the stage that
 (``ce``, pending since the teacher took every CPU, then ran last). ``study.runner.connect_ray`` caps that
 backoff at 100 ms (``LOCAL_RAY_CONFIG``). Real Ray with one CPU, in its own process: a placement group
 waits behind a running one, the running one is removed and a newer one is created 0.3 s later; the
-waiting group must get the CPU (with Ray's default it loses about 7 times in 10).
+waiting group must get the CPU (with Ray's default it lost 3 times in 4 when this test was written).
 """
 
 from __future__ import annotations

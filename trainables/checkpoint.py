@@ -124,10 +124,10 @@ def staging_dir() -> Iterator[Path]:
 
 def remove_stale_staging(root: Path) -> list[Path]:
     """Remove the staging folders under ``root`` whose process on this host is gone; returns the ones removed."""
-    removed = []
+    removed, host = [], _host()
     for folder in root.glob(f"{STAGING_PREFIX}*"):
         named = _STAGING_NAME.fullmatch(folder.name)
-        if named and named["host"] != _host():
+        if named and named["host"] != host:
             continue
         try:
             stale = not _running(int(named["pid"])) if named else folder.stat().st_mtime < time.time() - 86400
